@@ -1,0 +1,150 @@
+"""The cache controller: per model call, decide full vs cached, store CRFs, hand out forecasts.
+
+Both the ComfyUI adapters and the testbed use it the same way::
+
+    controller.start_run(sample_sigmas)            # once per sampling run: clears all state
+    plan = controller.plan(sigma, streams, batch, layout)
+    if plan.full:
+        crf = run_all_blocks(...)                  # [B, L, D] image-token state before the final layer
+        controller.record(plan, crf)
+    else:
+        crf = plan.crf                             # forecast [B, L, D]
+    out = final_layer(crf, current_timestep_embedding)
+
+``streams`` names the batch chunks of the call (e.g. ComfyUI's cond uuids, uncond first): the batch is
+split evenly between them and each stream has its own CRF history. A cached call needs a usable history
+for every stream; otherwise, or if a forecast fails or is not finite, the call runs full (``plan.reason``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+import torch
+
+from .cache import StreamCache
+from .methods import CacheMethod
+from .schedule import FixedSchedule, StepLocator
+from .spectral import TokenLayout
+
+log = logging.getLogger("freqca")
+
+
+@dataclass
+class CallPlan:
+    """What one model call does. ``crf`` is the forecast ``[B, L, D]`` when ``full`` is False."""
+
+    full: bool
+    sigma: float
+    step: int | None
+    streams: tuple[Hashable, ...]
+    layout: TokenLayout
+    crf: torch.Tensor | None = None
+    reason: str = ""
+
+
+@dataclass
+class RunStats:
+    """Counts for one sampling run; ``steps`` maps step index to ``"full"`` or ``"cached"``."""
+
+    n_steps: int | None = None
+    full_calls: int = 0
+    cached_calls: int = 0
+    fallbacks: int = 0
+    peak_cache_bytes: int = 0
+    steps: dict[int, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def full_steps(self) -> int:
+        return sum(1 for mode in self.steps.values() if mode == "full")
+
+    @property
+    def cached_steps(self) -> int:
+        return sum(1 for mode in self.steps.values() if mode == "cached")
+
+    def timeline(self) -> str:
+        """One character per step: ``F`` full, ``c`` cached, ``.`` not called."""
+        n = self.n_steps if self.n_steps is not None else (max(self.steps) + 1 if self.steps else 0)
+        return "".join({"full": "F", "cached": "c"}.get(self.steps.get(i, ""), ".") for i in range(n))
+
+
+class CacheController:
+    """Decides and serves cached model calls for one sampling run at a time."""
+
+    def __init__(self, method: CacheMethod, schedule: FixedSchedule, *,
+                 offload_device: torch.device | None = None) -> None:
+        self.method = method
+        self.schedule = schedule
+        self.offload_device = offload_device
+        self.start_run(None)
+
+    def start_run(self, sample_sigmas: Sequence[float] | torch.Tensor | None) -> None:
+        """Forget everything from earlier runs; ``sample_sigmas`` is the run's schedule if known."""
+        if isinstance(sample_sigmas, torch.Tensor):
+            sample_sigmas = sample_sigmas.detach().float().cpu().tolist()
+        self.locator = StepLocator(sample_sigmas)
+        self.cache = StreamCache(self.method.history_size, self.offload_device)
+        self.stats = RunStats(n_steps=self.locator.n_steps)
+
+    def plan(self, sigma: float, streams: Sequence[Hashable], batch: int, layout: TokenLayout) -> CallPlan:
+        """Plan a call at ``sigma`` whose batch of ``batch`` rows is split evenly over ``streams``."""
+        sigma = float(sigma)
+        streams = tuple(streams) or (0,)
+        step = self.locator.step_of(sigma)
+        plan = CallPlan(True, sigma, step, streams, layout)
+        if step is None or self.schedule.is_full(step, self.locator.n_steps):
+            return self._count(plan)
+        if batch % len(streams):
+            return self._fallback(plan, f"batch {batch} does not split over {len(streams)} streams")
+        rows = batch // len(streams)
+        histories = [self.cache.history(key) for key in streams]
+        if any(not h.entries or tuple(h.entries[0].crf.shape[:2]) != (rows, layout.length) for h in histories):
+            return self._fallback(plan, "no stored CRF of this stream, size or batch")
+        try:
+            crf = torch.cat([self.method.predict(h, sigma, layout) for h in histories], dim=0)
+        except Exception as exc:  # a broken forecast must never break the sampling run
+            return self._fallback(plan, f"forecast failed: {exc!r}", warn=True)
+        if not torch.isfinite(crf).all():
+            return self._fallback(plan, "forecast is not finite", warn=True)
+        plan.full, plan.crf = False, crf
+        return self._count(plan)
+
+    def record(self, plan: CallPlan, crf: torch.Tensor) -> None:
+        """Store the CRF ``[B, L, D]`` computed by a full call."""
+        if plan.step is None:
+            return
+        if not torch.isfinite(crf).all():
+            self._warn(f"step {plan.step}: computed CRF is not finite; not cached")
+            return
+        for key, chunk in zip(plan.streams, crf.chunk(len(plan.streams), dim=0)):
+            self.cache.push(key, plan.sigma, plan.step, chunk)
+        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.cache.nbytes)
+
+    def end_run(self) -> RunStats:
+        """Release the stored tensors and return the run's statistics."""
+        self.cache.clear()
+        return self.stats
+
+    def _count(self, plan: CallPlan) -> CallPlan:
+        if plan.full:
+            self.stats.full_calls += 1
+        else:
+            self.stats.cached_calls += 1
+        if plan.step is not None:
+            mode = "full" if plan.full else "cached"
+            if self.stats.steps.get(plan.step) != "full":
+                self.stats.steps[plan.step] = mode
+        return plan
+
+    def _fallback(self, plan: CallPlan, reason: str, warn: bool = False) -> CallPlan:
+        plan.reason = reason
+        self.stats.fallbacks += 1
+        if warn:
+            self._warn(f"step {plan.step}: {reason}; running the full model")
+        return self._count(plan)
+
+    def _warn(self, message: str) -> None:
+        self.stats.warnings.append(message)
+        log.warning("FreqCa: %s", message)

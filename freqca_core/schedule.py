@@ -1,0 +1,89 @@
+"""Which sampler steps run the full transformer, and which step a model call belongs to."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from .validation import check_float, check_int
+
+
+@dataclass(frozen=True)
+class FixedSchedule:
+    """FreqCa's schedule: ``warmup`` full steps, then one full step every ``interval`` steps.
+
+    Step ``i`` of ``n`` is full if ``i < origin`` (``origin = max(warmup, 1, ceil(start * n))``), if
+    ``(i - origin + 1) % interval == 0`` (so the last warm-up step opens the first cycle, as in the
+    official code: warm-up 3, interval 6 → full steps 0, 1, 2, 8, 14, …), if ``i >= end * n``, or if it is
+    one of the ``final_full`` last steps. Step 0 is always full (nothing to forecast from before it).
+    """
+
+    warmup: int = 3
+    interval: int = 6
+    final_full: int = 0
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_int("warmup_steps", self.warmup, 0, 1000)
+        check_int("interval", self.interval, 1, 1000)
+        check_int("final_full_steps", self.final_full, 0, 1000)
+        check_float("start_percent", self.start, 0.0, 1.0)
+        check_float("end_percent", self.end, 0.0, 1.0)
+        if self.end < self.start:
+            raise ValueError(f"end_percent ({self.end}) must be >= start_percent ({self.start})")
+
+    def is_full(self, step: int, n_steps: int | None) -> bool:
+        """Whether sampler step ``step`` (0-based) of ``n_steps`` (None: unknown length) runs all blocks."""
+        origin = max(self.warmup, 1)
+        if n_steps is not None:
+            origin = max(origin, math.ceil(self.start * n_steps - 1e-9))
+            if step >= self.end * n_steps - 1e-9 or step >= n_steps - self.final_full:
+                return True
+        return step < origin or (step - origin + 1) % self.interval == 0
+
+    def full_steps(self, n_steps: int) -> list[int]:
+        return [i for i in range(n_steps) if self.is_full(i, n_steps)]
+
+
+class StepLocator:
+    """Maps the sigma of a model call to the sampler step it belongs to.
+
+    ``sample_sigmas`` is the sampler's schedule (``n + 1`` values, normally decreasing to 0). A call at
+    ``sample_sigmas[i]`` is step ``i``; a call between ``sample_sigmas[i]`` and ``sample_sigmas[i + 1]``
+    (midpoints of multistage samplers) also belongs to step ``i``. Without a schedule, every new sigma
+    starts a new step.
+    """
+
+    def __init__(self, sample_sigmas: Sequence[float] | None) -> None:
+        self.sigmas = [float(s) for s in sample_sigmas] if sample_sigmas is not None else None
+        self._seen: list[float] = []
+
+    @property
+    def n_steps(self) -> int | None:
+        return None if self.sigmas is None else max(len(self.sigmas) - 1, 0)
+
+    def step_of(self, sigma: float) -> int | None:
+        """The step index, or None if ``sigma`` is outside the schedule."""
+        if self.sigmas is None:
+            if not self._seen or self._seen[-1] != sigma:
+                self._seen.append(sigma)
+            return len(self._seen) - 1
+        n = self.n_steps
+        if not n:
+            return None
+        tol = 1e-5 * max(1.0, abs(sigma))
+        for i in range(n):  # exact hits first: schedules may repeat or rise (restarts)
+            if abs(self.sigmas[i] - sigma) <= tol:
+                return i
+        for i in range(n):
+            hi, lo = self.sigmas[i], self.sigmas[i + 1]
+            if min(hi, lo) - tol <= sigma <= max(hi, lo) + tol:
+                return i
+        return None
+
+    def step_size(self, step: int) -> float:
+        """Sigma distance of one sampler step at ``step`` (0 if unknown)."""
+        if self.sigmas is None or step + 1 >= len(self.sigmas):
+            return 0.0
+        return abs(self.sigmas[step] - self.sigmas[step + 1])
