@@ -1,0 +1,1 @@
+"""ComfyUI glue of comfyui-freqca: node definitions and per-family model hooks (imports comfy)."""

@@ -1,0 +1,71 @@
+"""The "FreqCa Accelerate" node (ComfyUI V3 schema): MODEL in, accelerated MODEL out."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from ..freqca_core import METHODS
+from .families import FAMILIES, detect_family
+from .hooks import FreqCaSettings, apply_freqca
+
+DEFAULTS = FreqCaSettings()
+SUPPORTED = ", ".join(f.name for f in FAMILIES)
+
+
+class FreqCaAccelerate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FreqCaAccelerate",
+            display_name="FreqCa Accelerate",
+            category="sampling/acceleration",
+            description=("Frequency-aware feature caching: between full steps the transformer blocks are "
+                         "skipped; the low frequencies of the last full step are reused and the high "
+                         f"frequencies forecast. Supported models: {SUPPORTED}."),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to accelerate (Flux, Kontext, Chroma)."),
+                io.Combo.Input("method", options=list(METHODS), default=DEFAULTS.method,
+                               tooltip="freqca: reuse low band + Hermite forecast of high band (paper). "
+                                       "reuse: reuse the whole cached feature (FORA-like). "
+                                       "taylor: Taylor forecast of the whole feature (TaylorSeer-like)."),
+                io.Int.Input("interval", default=DEFAULTS.interval, min=1, max=100,
+                             tooltip="Run the full model every N steps after warm-up; the steps between are "
+                                     "cached. 1 = no caching. Higher is faster and less faithful."),
+                io.Int.Input("warmup_steps", default=DEFAULTS.warmup, min=0, max=100,
+                             tooltip="First steps always computed in full (the layout forms there)."),
+                io.Int.Input("final_full_steps", default=DEFAULTS.final_full, min=0, max=100,
+                             tooltip="Last steps always computed in full (fine detail forms there)."),
+                io.Float.Input("cutoff", default=DEFAULTS.cutoff, min=0.0, max=1.0, step=0.01,
+                               tooltip="Radius of the low band as a fraction of the highest frequency. "
+                                       "The low band is reused, the rest forecast."),
+                io.Float.Input("hermite_scale", default=DEFAULTS.hermite_scale, min=0.01, max=2.0, step=0.01,
+                               tooltip="Scale of the Hermite forecast (paper: 0.71). Only for method freqca."),
+                io.Float.Input("start_percent", default=DEFAULTS.start, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps before which nothing is cached."),
+                io.Float.Input("end_percent", default=DEFAULTS.end, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps after which nothing is cached."),
+                io.Boolean.Input("verbose", default=DEFAULTS.verbose,
+                                 tooltip="Log the decision of every model call, not only the per-run summary."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with FreqCa attached (the input model is unchanged).")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent: float = 0.0, end_percent: float = 1.0, **kwargs) -> bool | str:
+        if end_percent < start_percent:
+            return f"end_percent ({end_percent}) must be >= start_percent ({start_percent})"
+        return True
+
+    @classmethod
+    def execute(cls, model, method: str, interval: int, warmup_steps: int, final_full_steps: int,
+                cutoff: float, hermite_scale: float, start_percent: float, end_percent: float,
+                verbose: bool) -> io.NodeOutput:
+        settings = FreqCaSettings(method, interval, warmup_steps, final_full_steps, start_percent, end_percent,
+                                  cutoff, hermite_scale, verbose, node_id=cls.hidden.unique_id if cls.hidden else None)
+        family = detect_family(model.get_model_object("diffusion_model"))
+        return io.NodeOutput(apply_freqca(model, settings, family))
+
+
+class FreqCaExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [FreqCaAccelerate]

@@ -1,0 +1,212 @@
+"""How FreqCa attaches to a ComfyUI model: wrappers and block patches on a ``ModelPatcher`` clone.
+
+- ``OUTER_SAMPLE`` wrapper: gives each sampling run a fresh ``RunState`` (its own controller and CRF cache)
+  in ``transformer_options[RUN_KEY]`` and drops it when the run ends, however it ends.
+- ``DIFFUSION_MODEL`` wrapper: notes the token grid of the latent of the call in flight.
+- ``patches_replace["dit"]`` block patches: the first block plans the call (full or cached); at cached
+  calls every block returns its inputs unchanged and the last one writes the forecast CRF into the image
+  rows, so only the embeddings and the final layer run, with the current timestep. At full calls the
+  blocks run (through any patch that was there before ours) and the last one records the CRF.
+Nothing is stored on the model or in module globals; the loaded model is never modified.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+import comfy.model_patcher
+import comfy.patcher_extension
+
+from ..freqca_core import CacheController, CallPlan, FixedSchedule, TokenLayout, make_method
+from .families import BlockKey, DitFamily
+
+log = logging.getLogger("freqca")
+
+SETTINGS_KEY = "freqca_settings"
+RUN_KEY = "freqca_run"
+WRAPPER_KEY = "freqca"
+
+
+@dataclass(frozen=True)
+class FreqCaSettings:
+    """What the user chose on the node, validated on construction."""
+
+    method: str = "freqca"
+    interval: int = 6
+    warmup: int = 3
+    final_full: int = 0
+    start: float = 0.0
+    end: float = 1.0
+    cutoff: float = 0.1
+    hermite_scale: float = 0.71
+    verbose: bool = False
+    node_id: str | None = None
+    family: DitFamily | None = field(default=None, compare=False)
+    prior_patches: dict = field(default_factory=dict, compare=False)  # block patches that were there before ours
+
+    def __post_init__(self) -> None:
+        self.new_controller()  # raises ValueError naming a bad input
+
+    def new_controller(self) -> CacheController:
+        method = make_method(self.method, cutoff=self.cutoff, hermite_scale=self.hermite_scale)
+        schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
+        return CacheController(method, schedule)
+
+
+class RunState:
+    """State of one sampling run: the controller, and the call in flight (its grid and plan)."""
+
+    def __init__(self, settings: FreqCaSettings, sample_sigmas: torch.Tensor | None) -> None:
+        self.settings = settings
+        self.controller = settings.new_controller()
+        self.controller.start_run(sample_sigmas)
+        self.grid: tuple[int, ...] | None = None
+        self.plan: CallPlan | None = None
+        self.n_img = 0
+        self.started = time.perf_counter()
+
+    def open_call(self, args: dict) -> None:
+        """At the first block: plan the call from its sigma, streams, batch and image token count."""
+        options = args["transformer_options"]
+        img = args["img"]
+        self.n_img = img.shape[1]
+        grid_tokens = 1
+        for n in self.grid:
+            grid_tokens *= n
+        extra = self.n_img - grid_tokens
+        layout = TokenLayout.of(self.grid, extra) if extra > 0 else (
+            TokenLayout.grid(*self.grid) if extra == 0 else TokenLayout.grid(self.n_img))
+        streams = options.get("uuids") or options.get("cond_or_uncond") or [0]
+        sigma = float(options["sigmas"].flatten()[0])
+        self.plan = self.controller.plan(sigma, streams, img.shape[0], layout)
+        if self.settings.verbose:
+            mode = "full" if self.plan.full else "cached"
+            log.info("FreqCa: sigma %.4f step %s %s %s", sigma, self.plan.step, mode, self.plan.reason)
+
+    def cached_output(self, args: dict) -> dict:
+        """The last block's output at a cached call: its input with the image rows set to the forecast."""
+        img = args["img"]
+        crf = self.plan.crf.to(device=img.device, dtype=img.dtype)
+        return {"img": torch.cat([img[:, : img.shape[1] - self.n_img], crf], dim=1)}
+
+    def record(self, out: dict) -> None:
+        img = out["img"]
+        self.controller.record(self.plan, img[:, img.shape[1] - self.n_img:])
+
+    def summary(self) -> str:
+        stats = self.controller.stats
+        n = stats.n_steps if stats.n_steps is not None else len(stats.steps)
+        mb = stats.peak_cache_bytes / 2 ** 20
+        seconds = time.perf_counter() - self.started
+        text = (f"FreqCa Accelerate ({self.settings.method}, interval {self.settings.interval}): "
+                f"{stats.full_steps}/{n} steps full, {stats.cached_steps} cached, "
+                f"CRF cache {mb:.2f} MB, {seconds:.1f} s [{stats.timeline()}]")
+        if stats.fallbacks:
+            text += f"; {stats.fallbacks} calls fell back to full compute"
+        return text
+
+
+def _outer_sample_wrapper(executor, *args, **kwargs):
+    """Give this sampling run its own ``RunState``; remove it afterwards, even on error or interrupt."""
+    guider = executor.class_obj
+    original_options = guider.model_options
+    guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
+    options = guider.model_options["transformer_options"]
+    settings: FreqCaSettings = options[SETTINGS_KEY]
+    sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+    state = RunState(settings, sigmas)
+    options[RUN_KEY] = state
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        state.controller.end_run()
+        text = state.summary()
+        log.info(text)
+        _show_on_node(settings.node_id, text)
+        guider.model_options = original_options
+
+
+def _diffusion_model_wrapper(executor, *args, **kwargs):
+    """Note the token grid of this call's latent; the block patches act only while it is set."""
+    options = args[-1] if isinstance(args[-1], dict) else kwargs.get("transformer_options", {})
+    state: RunState | None = options.get(RUN_KEY)
+    if state is None:
+        return executor(*args, **kwargs)
+    try:
+        state.grid = state.settings.family.grid(args[0], executor.class_obj)
+    except Exception as exc:  # an unexpected input shape: run this call uncached
+        log.warning("FreqCa: cannot read the token grid (%r); running uncached", exc)
+        state.grid = None
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        state.grid, state.plan = None, None
+
+
+def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | None) -> Callable:
+    """The replacement of block ``key``; ``prior`` is a patch that was registered there before ours."""
+
+    def run_block(args: dict, extra: dict) -> dict:
+        return prior(args, extra) if prior is not None else extra["original_block"](args)
+
+    def freqca_block(args: dict, extra: dict) -> dict:
+        state: RunState | None = args.get("transformer_options", {}).get(RUN_KEY)
+        if state is None or state.grid is None:
+            return run_block(args, extra)
+        if first:
+            try:
+                state.open_call(args)
+            except Exception as exc:  # never let the cache break the sampling run
+                log.warning("FreqCa: planning failed (%r); running this call uncached", exc)
+                state.plan = None
+        plan = state.plan
+        if plan is None or plan.full:
+            out = run_block(args, extra)
+            if last and plan is not None:
+                state.record(out)
+            return out
+        if last:
+            return state.cached_output(args)
+        return {name: args[name] for name in ("img", "txt") if name in args}
+
+    freqca_block.freqca_prior = prior
+    return freqca_block
+
+
+def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
+    """Return a clone of ``model`` (a ModelPatcher) with FreqCa attached; ``model`` is left as it was."""
+    patched = model.clone()
+    transformer_options = patched.model_options.get("transformer_options", {})
+    previous: FreqCaSettings | None = transformer_options.get(SETTINGS_KEY)
+    dit_patches = transformer_options.get("patches_replace", {}).get("dit", {})
+    keys = family.block_keys(patched.get_model_object("diffusion_model"))
+    if not keys:
+        raise ValueError(f"FreqCa Accelerate: the {family.name} model has no transformer blocks to cache")
+    # Applied twice: the newer settings replace ours, other packs' patches stay underneath.
+    priors = previous.prior_patches if previous is not None else {k: dit_patches[k] for k in keys if k in dit_patches}
+    settings = replace(settings, family=family, prior_patches=priors)
+    for i, key in enumerate(keys):
+        patch = _make_block_patch(key, i == 0, i == len(keys) - 1, priors.get(key))
+        patched.set_model_patch_replace(patch, "dit", key[0], key[1])
+    # set_model_patch_replace replaces the transformer_options dict: write our settings into the new one
+    patched.model_options["transformer_options"][SETTINGS_KEY] = settings
+    for wrapper_type, wrapper in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, _outer_sample_wrapper),
+                                  (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, _diffusion_model_wrapper)):
+        patched.remove_wrappers_with_key(wrapper_type, WRAPPER_KEY)
+        patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, wrapper)
+    return patched
+
+
+def _show_on_node(node_id: str | None, text: str) -> None:
+    """Show ``text`` under the node in the ComfyUI front-end, when a server is running."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception:  # no server (tests, scripts) or an older front-end: the log line is enough
+        pass
