@@ -1,0 +1,345 @@
+"""Benchmark: ``python -m freqca_core.bench [--quick] [--steps N] [--seeds K] [--json PATH] [--out DIR]
+[--model testbed|flux-timing] [--repeats R] [--threads T]``.
+
+``--model testbed`` (default): the shipped trained TinyFlux, held-out noise seeds and prompts, CFG 3.
+Runs ``none`` (uncached), FreqCa, reuse (FORA-like) and Taylor-2 (TaylorSeer-like) at warm-up 3 and
+intervals N (the same schedules, so the same full steps), and the output-space adaptive baseline with its
+threshold calibrated on *other* seeds and prompts to each of those full-step budgets. Fidelity (PSNR,
+SSIM, relative L1, float64, images in [0, 1]) is against the uncached image of the same seed and prompt,
+averaged over seeds; the uncached run's own PSNR is infinite and written as ``null`` in the JSON (SSIM 1,
+rel L1 0). Speedups are ratios within this process: wall clock (minimum over ``--repeats`` interleaved
+rounds) and FLOPs (``torch.utils.flop_counter.FlopCounterMode``, per sample).
+
+``--model flux-timing``: a larger random-weight Flux-shaped TinyFlux (hidden 512, 2 double + 6 single
+blocks, 1024 image + 64 text tokens, guidance-distilled so no CFG) for the speedup ratios alone: block
+fraction, wall speedup and its ratio to the ideal ``steps / full_steps``. Timing only; fidelity fields
+are ``null``.
+
+Default (no flag): the full testbed run (50 steps, 4 seeds, N = 3, 4, 6, 9); ``--quick``: 28 steps,
+2 seeds, N = 3, 6, 9 (under a minute on 2 CPU cores). Outputs go to ``--out`` (default ``bench_out/``):
+``results.json``, ``table.md``, ``grid.png``, ``pareto.png``; the table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import report
+from .baselines import AdaptiveOutputCache, BudgetExceeded, calibrate_threshold
+from .controller import CacheController
+from .methods import make_method
+from .metrics import fidelity
+from .runner import flops_per_sample, generate, randomize, run_flops
+from .schedule import FixedSchedule
+
+WARMUP = 3
+CFG = 3.0
+SHIFT = 2.0
+REPORT_SEED_BASE = 100     # reported noise seeds: 100, 101, ...
+CALIB_SEED_BASE = 7000     # calibration noise seeds: disjoint from the reported ones
+N_PROMPTS = 36
+
+
+def report_prompts(k: int) -> list[int]:
+    """Held-out prompt ids for the reported seeds (stride 13 walks over all colours and shapes)."""
+    return [(2 + 13 * i) % N_PROMPTS for i in range(k)]
+
+
+def calib_prompts(k: int) -> list[int]:
+    """Calibration prompt ids: a different walk, so no (prompt, seed) pair is shared with the report."""
+    return [(9 + 13 * i) % N_PROMPTS for i in range(k)]
+
+
+@dataclass
+class Spec:
+    """What to run; the defaults are the full testbed benchmark."""
+
+    model: str = "testbed"
+    steps: int = 50
+    seeds: int = 4
+    intervals: tuple[int, ...] = (3, 4, 6, 9)
+    methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "adaptive")
+    repeats: int = 2
+    calib_iters: int = 10
+    cfg: float = CFG
+    shift: float = SHIFT
+
+
+@dataclass
+class Config:
+    method: str
+    params: dict
+    budget: int
+    make: Callable[[], Any] = field(repr=False)
+
+
+class Progress:
+    """Plain progress lines on stderr."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[bench {time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- configs
+def schedule_configs(spec: Spec) -> list[Config]:
+    configs = [Config("none", {}, spec.steps, lambda: None)]
+    for n in spec.intervals:
+        schedule = FixedSchedule(warmup=WARMUP, interval=n)
+        budget = len(schedule.full_steps(spec.steps))
+        for name in spec.methods:
+            if name == "adaptive":
+                continue
+            params = {"warmup": WARMUP, "interval": n, **make_method(name, order=2).describe()}
+            configs.append(Config(name, params, budget,
+                                  lambda name=name, schedule=schedule: CacheController(make_method(name, order=2), schedule)))
+    return configs
+
+
+def calibrate_adaptive(model, table, spec: Spec, budgets: list[int], progress: Progress,
+                       size: tuple[int, int]) -> list[Config]:
+    """Thresholds hitting each budget on the calibration seeds/prompts (never the reported ones)."""
+    seeds = [CALIB_SEED_BASE + i for i in range(spec.seeds)]
+    prompts = calib_prompts(spec.seeds)
+    configs = []
+    for budget in budgets:
+        progress(f"calibrating the adaptive baseline for {budget} full steps on the calibration seeds")
+
+        def full_steps_at(threshold: float, abort_above: int | None) -> int:
+            cache = AdaptiveOutputCache(threshold, WARMUP, abort_above=abort_above)
+            try:
+                return generate(model, prompts, seeds, spec.steps, spec.cfg, cache, table=table, shift=spec.shift,
+                                size=size).full_steps
+            except BudgetExceeded:
+                return abort_above + 1
+
+        threshold, got, trials = calibrate_threshold(full_steps_at, budget, iters=spec.calib_iters)
+        progress(f"calibrated adaptive for budget {budget}: threshold {threshold:.4g} -> {got} full steps "
+                 f"({len(trials)} calibration runs)")
+        params = {"threshold": threshold, "warmup": WARMUP, "target_full_steps": budget,
+                  "calibration_full_steps": got, "calibration_runs": len(trials)}
+        configs.append(Config("adaptive", params, budget, lambda t=threshold: AdaptiveOutputCache(t, WARMUP)))
+    return configs
+
+
+# ------------------------------------------------------------------------------------------- running
+def measure_flops(model, table, method_name: str, prompt: int, seed: int, spec: Spec,
+                  size: tuple[int, int], guidance: float | None) -> tuple[float, float]:
+    """FLOPs of one full and one cached call for one sample (CFG streams included), counted on a
+    short run of the configuration's method (per-call cost does not depend on the schedule)."""
+    if method_name == "none":
+        method, steps = None, 1
+    elif method_name == "adaptive":
+        method, steps = AdaptiveOutputCache(1e9, warmup=2), 3
+    else:
+        method = CacheController(make_method(method_name, order=2), FixedSchedule(warmup=1, interval=1000))
+        steps = 2
+    g = generate(model, [prompt], [seed], steps, spec.cfg, method, table=table, shift=spec.shift, size=size,
+                 guidance=guidance, count_flops=True)
+    return flops_per_sample(g.call_flops, 1)
+
+
+def run_configs(model, table, spec: Spec, configs: list[Config], progress: Progress, *, size: tuple[int, int],
+                seeds: list[int], prompts: list[int], guidance: float | None = None,
+                fidelity_metrics: bool = True) -> tuple[list[dict], list[torch.Tensor]]:
+    """Run every configuration ``spec.repeats`` times (interleaved rounds; min wall and CPU time kept).
+
+    Returns the JSON rows and each run's images (same order). ``nfe_ratio`` = full steps / steps;
+    ``block_fraction`` = block executions / those of the uncached run."""
+    call = lambda method: generate(model, prompts, seeds, spec.steps, spec.cfg, method,  # noqa: E731
+                                   table=table, shift=spec.shift, size=size, guidance=guidance)
+    generate(model, prompts[:1], seeds[:1], 2, spec.cfg, None, table=table, shift=spec.shift, size=size,
+             guidance=guidance)  # warm-up (allocator, kernels)
+    results = {}
+    for r in range(spec.repeats):
+        for i, config in enumerate(configs):
+            label = report.run_label({"method": config.method, "params": config.params})
+            progress(f"round {r + 1}/{spec.repeats}  run {i + 1}/{len(configs)}: {label}")
+            g = call(config.make())
+            if r == 0:
+                results[i] = g
+            else:
+                results[i].wall_s = min(results[i].wall_s, g.wall_s)
+                results[i].cpu_s = min(results[i].cpu_s, g.cpu_s)
+    progress("counting FLOPs")
+    per_call = {}
+    for config in configs:
+        if config.method not in per_call:
+            per_call[config.method] = measure_flops(model, table, config.method, prompts[0], seeds[0], spec, size,
+                                                    guidance)
+    ref = results[0]
+    ref_flops = run_flops(ref.stats.full_calls, ref.stats.cached_calls, per_call["none"])
+    runs, images = [], []
+    for i, config in enumerate(configs):
+        g = results[i]
+        flops = run_flops(g.stats.full_calls, g.stats.cached_calls, per_call[config.method])
+        run = {
+            "method": config.method, "params": config.params, "budget": config.budget,
+            "full_steps": g.full_steps, "cached_steps": g.stats.cached_steps,
+            "nfe_ratio": g.full_steps / spec.steps,
+            "block_calls": g.block_calls, "block_fraction": g.block_calls / max(ref.block_calls, 1),
+            "wall_s": g.wall_s, "cpu_s": g.cpu_s,
+            "speedup": ref.wall_s / g.wall_s, "cpu_speedup": ref.cpu_s / g.cpu_s,
+            "ideal_speedup": spec.steps / max(g.full_steps, 1),
+            "flops": flops, "flops_speedup": ref_flops / flops,
+            "cache_bytes": g.cache_bytes, "timeline": g.stats.timeline(), "fallbacks": g.stats.fallbacks,
+        }
+        run["speedup_vs_ideal"] = run["speedup"] / run["ideal_speedup"]
+        if fidelity_metrics:
+            fid = fidelity(g.images, ref.images)
+            run.update({k: sum(v) / len(v) for k, v in fid.items()})
+            run["psnr_min"] = min(fid["psnr"])
+            run["psnr_per_seed"] = fid["psnr"]
+        else:
+            run.update({"psnr": None, "ssim": None, "rel_l1": None})
+        runs.append(run)
+        images.append(g.images)
+    return runs, images
+
+
+def _header(spec: Spec, model_name: str, size: tuple[int, int], seeds: list[int], prompts: list[str]) -> dict:
+    return {"model": model_name, "steps": spec.steps, "seeds": len(seeds), "resolution": list(size),
+            "cfg": spec.cfg, "shift": spec.shift, "seed_list": seeds, "prompts": prompts,
+            "repeats": spec.repeats, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def run_testbed(spec: Spec, model, table, progress: Progress) -> tuple[dict, list[torch.Tensor]]:
+    size = (32, 32)
+    seeds = [REPORT_SEED_BASE + i for i in range(spec.seeds)]
+    prompts = report_prompts(spec.seeds)
+    configs = schedule_configs(spec)
+    if "adaptive" in spec.methods:
+        budgets = sorted({c.budget for c in configs if c.method != "none"}, reverse=True)
+        configs += calibrate_adaptive(model, table, spec, budgets, progress, size)
+    runs, images = run_configs(model, table, spec, configs, progress, size=size, seeds=seeds, prompts=prompts)
+    names = list(getattr(table, "names", []))
+    result = _header(spec, "testbed", size, seeds, [names[p] if p < len(names) else str(p) for p in prompts])
+    result.update({
+        "timing_only": False,
+        "calibration": {"seeds": [CALIB_SEED_BASE + i for i in range(spec.seeds)],
+                        "prompts": [names[p] if p < len(names) else str(p) for p in calib_prompts(spec.seeds)]},
+        "metrics_note": "float64 on images clamped to [-1, 1] and mapped to [0, 1]; SSIM: 11x11 Gaussian "
+                        "(sigma 1.5), valid positions, per channel; mean over seeds; psnr null = identical",
+        "flops_note": "FlopCounterMode per sample (CPU attention counted), full/cached call costs x call counts",
+        "runs": runs,
+    })
+    return result, images
+
+
+FLUX_TIMING = dict(in_channels=3, out_channels=3, vec_in_dim=64, context_in_dim=64, hidden_size=512,
+                   mlp_ratio=4.0, num_heads=8, depth=2, depth_single_blocks=6, axes_dim=[16, 24, 24],
+                   theta=10_000, patch_size=2, qkv_bias=True, guidance_embed=True)
+
+
+def run_flux_timing(spec: Spec, progress: Progress, model=None) -> tuple[dict, list[torch.Tensor]]:
+    from .testbed.data import PromptTable
+    from .testbed.model import TinyFlux, TinyFluxConfig
+    size, text_tokens = (64, 64), 64
+    config = TinyFluxConfig(**FLUX_TIMING)
+    if model is None:
+        torch.manual_seed(0)
+        model = randomize(TinyFlux(config), seed=0).eval().requires_grad_(False)
+    table = PromptTable.create([f"prompt {i}" for i in range(4)], text_tokens, model.config.context_in_dim,
+                               model.config.vec_in_dim, seed=0).requires_grad_(False)
+    spec.cfg = 1.0
+    spec.methods = ("freqca",)
+    configs = schedule_configs(spec)
+    seeds = [REPORT_SEED_BASE + i for i in range(spec.seeds)]
+    runs, images = run_configs(model, table, spec, configs, progress, size=size, seeds=seeds,
+                               prompts=[0] * len(seeds), guidance=3.5, fidelity_metrics=False)
+    p = model.config.patch_size
+    result = _header(spec, "flux-timing", size, seeds, ["random"] * len(seeds))
+    result.update({"timing_only": True, "note": report.TIMING_NOTE, "model_config": asdict(model.config),
+                   "image_tokens": (size[0] // p) * (size[1] // p), "text_tokens": text_tokens,
+                   "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                   "params": sum(t.numel() for t in model.parameters()), "runs": runs})
+    return result, images
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def load_testbed_model():
+    """The shipped trained testbed (``freqca_core/testbed/weights``)."""
+    from .testbed.model import load_testbed
+    return load_testbed("cpu")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m freqca_core.bench", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="28 steps, 2 seeds, N = 3, 6, 9, 2 timing rounds (under a minute)")
+    p.add_argument("--steps", type=int, help="sampler steps (default 50; --quick 28)")
+    p.add_argument("--seeds", type=int, help="held-out seeds (default 4; --quick 2; flux-timing 1)")
+    p.add_argument("--intervals", type=str, help="comma-separated full-step intervals (default 3,4,6,9)")
+    p.add_argument("--repeats", type=int, help="interleaved timing rounds, min kept (default 2)")
+    p.add_argument("--json", type=Path, help="also write the result JSON here")
+    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder (default bench_out/)")
+    p.add_argument("--model", choices=("testbed", "flux-timing"), default="testbed")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: reproducible ratios; with several threads a busy machine "
+                        "makes OpenMP barriers stall and timings swing by 10x; 0 = torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    return p.parse_args(argv)
+
+
+def spec_from_args(args: argparse.Namespace) -> Spec:
+    spec = Spec(model=args.model)
+    if args.quick:
+        spec.steps, spec.seeds, spec.intervals, spec.repeats, spec.calib_iters = 28, 2, (3, 6, 9), 2, 8
+    if args.model == "flux-timing":
+        spec.seeds = 1
+    if args.steps is not None:
+        spec.steps = args.steps
+    if args.seeds is not None:
+        spec.seeds = args.seeds
+    if args.intervals:
+        spec.intervals = tuple(int(n) for n in args.intervals.split(","))
+    if args.repeats is not None:
+        spec.repeats = args.repeats
+    if spec.steps < 1 or spec.seeds < 1 or spec.repeats < 1:
+        raise SystemExit("--steps, --seeds and --repeats must be >= 1")
+    return spec
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args: argparse.Namespace) -> dict:
+    spec = spec_from_args(args)
+    progress = Progress(not args.no_progress)
+    start = time.perf_counter()
+    if spec.model == "flux-timing":
+        result, images = run_flux_timing(spec, progress)
+    else:
+        model, table = load_testbed_model()
+        result, images = run_testbed(spec, model, table, progress)
+    result["wall_total_s"] = time.perf_counter() - start
+    table_md = report.markdown_table(result)
+    print(table_md)
+    if args.json:
+        report.write_json(result, args.json)
+    if args.out:
+        report.write_outputs(result, images, args.out, table_md)
+    progress(f"done in {result['wall_total_s']:.1f}s")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The one integration of the cache core with the testbed model (used by the benchmark and its tests).
+
+``cached_velocity`` is the per-call recipe every adapter follows: embed, ask the controller for a plan, run
+the blocks and record the CRF on a full call or take the forecast on a cached one, then the final layer
+with the *current* embedding. ``generate`` samples images with CFG (uncond and cond batched as the two
+streams ``("uncond", "cond")``; only ``("cond",)`` at ``cfg == 1``) using the testbed's Euler sampler, and
+counts what ran: block executions (forward hooks on every block), full and cached calls, wall and CPU time.
+
+``method`` may be ``None`` (uncached), a ``CacheController`` (CRF caching: FreqCa, reuse, taylor) or an
+output-space cache (``baselines.AdaptiveOutputCache``: anything with ``start_run(sigmas)``,
+``__call__(x, sigma, compute) -> v`` and ``end_run() -> RunStats``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .controller import CacheController, RunStats
+from .spectral import TokenLayout
+
+UNCOND, COND = "uncond", "cond"
+
+
+def streams_for(cfg: float) -> tuple[str, ...]:
+    """Stream names of one model call: uncond first (ComfyUI's usual order), cond alone at ``cfg == 1``."""
+    return (COND,) if cfg == 1.0 else (UNCOND, COND)
+
+
+def _sigma_tensor(sigma: float, batch: int, like: Tensor) -> Tensor:
+    return torch.full((batch,), float(sigma), dtype=like.dtype, device=like.device)
+
+
+def cached_velocity(model: nn.Module, controller: CacheController, x: Tensor, sigma: float, context: Tensor,
+                    y: Tensor, streams: Sequence[str], guidance: Tensor | None = None) -> Tensor:
+    """One model call through the cache: ``x [B, C, H, W]`` at ``sigma`` -> velocity ``[B, C, H, W]``."""
+    e = model.embed(x, _sigma_tensor(sigma, x.shape[0], x), context, y, guidance)
+    plan = controller.plan(float(sigma), streams, x.shape[0], TokenLayout.grid(*e.grid))
+    if plan.full:
+        crf = model.run_blocks(e)
+        controller.record(plan, crf)
+    else:
+        crf = plan.crf
+    return model.final(crf, e)
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks (double then single stream) of a TinyFlux-like model."""
+    return list(getattr(model, "double_blocks", [])) + list(getattr(model, "single_blocks", []))
+
+
+class BlockCounter:
+    """Counts block executions with forward hooks (``with BlockCounter(model) as counter: ...``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.count = 0
+        self.n_blocks = len(blocks_of(model))
+        self._handles: list[Any] = []
+
+    def _hook(self, *_: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> "BlockCounter":
+        self._handles = [b.register_forward_hook(self._hook) for b in blocks_of(self.model)]
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _sdpa_flops(query, key, value, *_, out_shape=None, **__) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(query, key, value)
+
+
+def flop_counter() -> Any:
+    """A ``FlopCounterMode`` that also counts CPU scaled-dot-product attention.
+
+    On CPU, ``F.scaled_dot_product_attention`` lowers to ``_scaled_dot_product_flash_attention_for_cpu``,
+    which torch's registry does not count (it would report attention as free); the same formula as for
+    the GPU kernels (two batched matmuls) is added locally through ``custom_mapping``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    mapping = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = _sdpa_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+@dataclass
+class Generation:
+    """Result of ``generate``: images ``[K, C, H, W]`` (raw sampler output, nominally in [-1, 1])."""
+
+    images: Tensor
+    stats: RunStats
+    wall_s: float
+    cpu_s: float
+    block_calls: int
+    n_blocks: int
+    model_calls: int
+    call_flops: list[tuple[bool, int]] = field(default_factory=list)  # (full?, FLOPs) per call if counted
+
+    @property
+    def full_steps(self) -> int:
+        return self.stats.full_steps
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.stats.peak_cache_bytes
+
+
+def conditioning(table: nn.Module, prompts: Sequence[int], cfg: float) -> tuple[Tensor, Tensor]:
+    """Context and pooled vectors of one call's batch: ``[null] * K + prompts`` (or ``prompts`` at cfg 1)."""
+    ids = list(prompts) if cfg == 1.0 else [table.null_id] * len(prompts) + list(prompts)
+    return table(ids)
+
+
+def generate(model: nn.Module, prompts: Sequence[int], seeds: Sequence[int], steps: int, cfg: float,
+             method: Any = None, *, table: nn.Module, shift: float = 2.0, size: tuple[int, int] = (32, 32),
+             guidance: float | None = None, count_flops: bool = False,
+             dtype: torch.dtype | None = None) -> Generation:
+    """Sample ``len(seeds)`` images (prompt ``prompts[i]``, noise seed ``seeds[i]``) with Euler + CFG.
+
+    ``count_flops`` counts each model call's FLOPs (``flop_counter``) into ``Generation.call_flops``;
+    it slows the run, so time with it off.
+    """
+    from .testbed.sampling import euler_sample, flux_sigmas, seeded_noise
+
+    if len(prompts) != len(seeds):
+        raise ValueError("one prompt per seed")
+    channels = getattr(getattr(model, "config", None), "in_channels", 3)
+    dtype = dtype or next(model.parameters()).dtype
+    streams = streams_for(cfg)
+    sigmas = flux_sigmas(steps, shift)
+    noise = seeded_noise(seeds, size, channels).to(dtype)
+    context, y = conditioning(table, prompts, cfg)
+    context, y = context.to(dtype), y.to(dtype)
+    batch = len(streams) * len(seeds)
+    g = None if guidance is None else torch.full((batch,), float(guidance), dtype=dtype)
+    calls: list[tuple[bool, int]] = []
+    counter = BlockCounter(model)
+
+    if method is not None:
+        method.start_run(sigmas)
+    stats = RunStats(n_steps=steps)
+
+    def model_call(x_in: Tensor, sigma: float) -> Tensor:
+        if method is None:
+            out = model(x_in, _sigma_tensor(sigma, batch, x_in), context, y, g)
+            stats.full_calls += 1
+            stats.steps[len(stats.steps)] = "full"
+            return out
+        if isinstance(method, CacheController):
+            return cached_velocity(model, method, x_in, sigma, context, y, streams, g)
+        return method(x_in, sigma, lambda: model(x_in, _sigma_tensor(sigma, batch, x_in), context, y, g))
+
+    def counted_call(x_in: Tensor, sigma: float) -> Tensor:
+        if not count_flops:
+            return model_call(x_in, sigma)
+        before = counter.count
+        with flop_counter() as mode:
+            out = model_call(x_in, sigma)
+        calls.append((counter.count > before, mode.get_total_flops()))
+        return out
+
+    def velocity(x: Tensor, sigma: float) -> Tensor:
+        out = counted_call(torch.cat([x] * len(streams)), sigma)
+        if len(streams) == 1:
+            return out
+        v_uncond, v_cond = out.chunk(2)
+        return v_uncond + cfg * (v_cond - v_uncond)
+
+    with torch.inference_mode(), counter:
+        t_cpu, t_wall = time.process_time(), time.perf_counter()
+        images = euler_sample(velocity, noise, sigmas)
+        wall, cpu = time.perf_counter() - t_wall, time.process_time() - t_cpu
+    if method is not None:
+        stats = method.end_run()
+    return Generation(images=images.float(), stats=stats, wall_s=wall, cpu_s=cpu, block_calls=counter.count,
+                      n_blocks=counter.n_blocks, model_calls=steps, call_flops=calls)
+
+
+def flops_per_sample(call_flops: Sequence[tuple[bool, int]], n_samples: int) -> tuple[float, float]:
+    """Mean FLOPs of a full call and of a cached call per sample (0.0 for a kind that never ran)."""
+    full = [f for is_full, f in call_flops if is_full]
+    cached = [f for is_full, f in call_flops if not is_full]
+    mean = lambda xs: (sum(xs) / len(xs) / n_samples) if xs else 0.0  # noqa: E731
+    return mean(full), mean(cached)
+
+
+def run_flops(full_calls: int, cached_calls: int, per_call: tuple[float, float]) -> float:
+    """FLOPs per sample of a run from its call counts and the per-call costs (every call of a kind has
+    the same shapes within a run, so this equals counting the whole run)."""
+    return full_calls * per_call[0] + cached_calls * per_call[1]
+
+
+def randomize(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Random weights everywhere (adaLN-Zero initialisation makes an untrained TinyFlux output zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("scale"):  # RMSNorm scales
+                p.fill_(1.0)
+            else:
+                fan_in = p.shape[-1] if p.dim() > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=g) * (std if p.dim() == 1 else fan_in ** -0.5))
+    return model

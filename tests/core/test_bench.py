@@ -1,0 +1,158 @@
+"""Runner, baseline and benchmark CLI on a tiny random-weight TinyFlux (fast; no trained weights needed)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from freqca_core import bench
+from freqca_core.baselines import AdaptiveOutputCache, calibrate_threshold
+from freqca_core.controller import CacheController
+from freqca_core.methods import make_method
+from freqca_core.runner import flop_counter, flops_per_sample, generate, randomize, run_flops, streams_for
+from freqca_core.schedule import FixedSchedule
+from freqca_core.testbed.data import PROMPTS, PromptTable
+from freqca_core.testbed.model import TinyFlux, TinyFluxConfig
+
+CONTRACT = ("method", "params", "full_steps", "nfe_ratio", "wall_s", "speedup", "psnr", "ssim", "rel_l1",
+            "cache_bytes", "flops_speedup")
+
+
+def tiny(guidance_embed: bool = False) -> tuple[TinyFlux, PromptTable]:
+    config = TinyFluxConfig(hidden_size=32, num_heads=2, axes_dim=[4, 6, 6], depth=1, depth_single_blocks=2,
+                            vec_in_dim=16, context_in_dim=16, guidance_embed=guidance_embed)
+    model = randomize(TinyFlux(config), seed=1).eval().requires_grad_(False)
+    table = PromptTable.create(PROMPTS, 2, 16, 16, seed=0).requires_grad_(False)
+    return model, table
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and a busy machine makes multi-thread runs stall."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    return tiny()
+
+
+def run(setup, method, steps=8, cfg=3.0, **kw):
+    model, table = setup
+    return generate(model, [0, 5], [11, 12], steps, cfg, method, table=table, size=(16, 16), **kw)
+
+
+def freqca(interval: int, warmup: int = 3) -> CacheController:
+    return CacheController(make_method("freqca"), FixedSchedule(warmup=warmup, interval=interval))
+
+
+def test_interval_one_reproduces_uncached_exactly(setup):
+    ref = run(setup, None)
+    assert ref.images.abs().max() > 0  # random weights: a non-trivial output
+    for cfg in (3.0, 1.0):
+        ref = run(setup, None, cfg=cfg)
+        out = run(setup, freqca(1), cfg=cfg)
+        assert torch.equal(out.images, ref.images)
+        assert out.full_steps == 8 and out.stats.cached_calls == 0
+
+
+def test_block_executions_equal_full_steps_times_blocks(setup):
+    model, _ = setup
+    n_blocks = len(model.double_blocks) + len(model.single_blocks)
+    ref = run(setup, None, steps=10)
+    assert ref.block_calls == 10 * n_blocks and ref.n_blocks == n_blocks
+    out = run(setup, freqca(3), steps=10)
+    assert out.full_steps == len(FixedSchedule(3, 3).full_steps(10)) == 5
+    assert out.block_calls == out.full_steps * n_blocks
+    assert out.stats.timeline() == "FFFccFccFc"
+    assert not torch.equal(out.images, ref.images)
+    assert out.cache_bytes > 0
+
+
+def test_streams():
+    assert streams_for(3.0) == ("uncond", "cond") and streams_for(1.0) == ("cond",)
+
+
+def test_adaptive_baseline_extremes(setup):
+    ref = run(setup, None)
+    exact = run(setup, AdaptiveOutputCache(0.0))
+    assert torch.equal(exact.images, ref.images) and exact.full_steps == 8
+    lazy = run(setup, AdaptiveOutputCache(1e9, warmup=3))
+    assert lazy.full_steps == 3 and lazy.stats.timeline() == "FFFccccc"
+    assert lazy.block_calls == 3 * ref.n_blocks
+
+
+def test_calibration_hits_target():
+    counts = lambda t: max(3, int(20 - 5 * math.log10(t / 1e-3)))  # noqa: E731  falls with the threshold
+    threshold, got, trials = calibrate_threshold(lambda t, _: counts(t), 9, iters=30)
+    assert got == 9 and counts(threshold) == 9 and len(trials) < 30
+
+
+def test_flops_from_call_costs_equal_direct_count(setup):
+    for method in (freqca(3), AdaptiveOutputCache(0.05)):
+        g = run(setup, method, steps=8, count_flops=True)
+        direct = sum(f for _, f in g.call_flops)
+        per_call = flops_per_sample(g.call_flops, 2)
+        assert run_flops(g.stats.full_calls, g.stats.cached_calls, per_call) * 2 == pytest.approx(direct)
+    model, table = setup
+    ctx, y = table([0])
+    x = torch.randn(1, 3, 16, 16)
+    with torch.inference_mode(), flop_counter() as mode:
+        model(x, torch.full((1,), 0.5), ctx, y)
+    with torch.inference_mode(), flop_counter() as mode_blocks:
+        e = model.embed(x, torch.full((1,), 0.5), ctx, y)
+        model.run_blocks(e)
+    counts = mode_blocks.get_flop_counts()["Global"]
+    assert any("scaled_dot_product" in str(op) for op in counts)  # CPU attention is counted
+    assert mode.get_total_flops() > mode_blocks.get_total_flops() > 0
+
+
+def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
+    from PIL import Image
+    monkeypatch.setattr(bench, "load_testbed_model", lambda: setup)
+    out = tmp_path / "out"
+    result = bench.main(["--steps", "6", "--seeds", "1", "--intervals", "2", "--repeats", "1",
+                         "--json", str(tmp_path / "r.json"), "--out", str(out), "--no-progress"])
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data == json.loads((out / "results.json").read_text())
+    assert data["model"] == "testbed" and data["steps"] == 6 and data["seeds"] == 1
+    assert data["resolution"] == [32, 32] and data["timing_only"] is False
+    methods = [r["method"] for r in data["runs"]]
+    assert methods == ["none", "freqca", "reuse", "taylor", "adaptive"]
+    for r in data["runs"]:
+        assert all(key in r for key in CONTRACT), r
+        assert 1 <= r["full_steps"] <= 6 and 0 < r["nfe_ratio"] <= 1
+        assert r["wall_s"] > 0 and r["speedup"] > 0 and r["flops_speedup"] > 0
+        assert r["cache_bytes"] >= 0
+        if r["method"] == "none":
+            assert r["psnr"] is None and r["ssim"] == 1.0 and r["rel_l1"] == 0.0
+            assert r["full_steps"] == 6 and r["flops_speedup"] == 1.0
+        else:
+            assert r["psnr"] is None or r["psnr"] > 0
+            assert -1 <= r["ssim"] <= 1 and r["rel_l1"] >= 0
+    fixed = [r for r in data["runs"] if r["method"] in ("freqca", "reuse", "taylor")]
+    assert all(r["full_steps"] == 4 and r["flops_speedup"] > 1.2 for r in fixed)
+    assert data["runs"][-1]["params"]["target_full_steps"] == 4
+    for name in ("grid.png", "pareto.png"):
+        with Image.open(out / name) as im:
+            im.verify()
+    assert "| method |" in (out / "table.md").read_text()
+    assert result["runs"][0]["method"] == "none"
+
+
+def test_flux_timing_mode_with_a_tiny_model():
+    model, _ = tiny(guidance_embed=True)
+    spec = bench.Spec(model="flux-timing", steps=5, seeds=1, intervals=(2,), repeats=1)
+    result, _ = bench.run_flux_timing(spec, bench.Progress(False), model=model)
+    assert result["timing_only"] and "fidelity not meaningful" in result["note"]
+    none, cached = result["runs"]
+    assert none["block_fraction"] == 1.0 and cached["full_steps"] == 4
+    assert cached["block_fraction"] == pytest.approx(4 / 5)
+    assert cached["psnr"] is None and cached["speedup_vs_ideal"] > 0
+    assert "timing only" in bench.report.markdown_table(result)
