@@ -8,7 +8,9 @@ threshold calibrated on *other* seeds and prompts to each of those full-step bud
 SSIM, relative L1, float64, images in [0, 1]) is against the uncached image of the same seed and prompt,
 averaged over seeds; the uncached run's own PSNR is infinite and written as ``null`` in the JSON (SSIM 1,
 rel L1 0). Speedups are ratios within this process: wall clock (minimum over ``--repeats`` interleaved
-rounds) and FLOPs (``torch.utils.flop_counter.FlopCounterMode``, per sample).
+rounds), FLOPs (``torch.utils.flop_counter.FlopCounterMode``, per sample) and, robust to a busy machine,
+``median_call_speedup``: the model-call time predicted from each run's median full-call and cached-call
+times (sampler arithmetic excluded).
 
 ``--model flux-timing``: a larger random-weight Flux-shaped TinyFlux (hidden 512, 2 double + 6 single
 blocks, 1024 image + 64 text tokens, guidance-distilled so no CFG) for the speedup ratios alone: block
@@ -35,7 +37,7 @@ from .baselines import AdaptiveOutputCache, BudgetExceeded, calibrate_threshold
 from .controller import CacheController
 from .methods import make_method
 from .metrics import fidelity
-from .runner import flops_per_sample, generate, randomize, run_flops
+from .runner import flops_per_sample, generate, median_call_seconds, randomize, run_cost
 from .schedule import FixedSchedule
 
 WARMUP = 3
@@ -101,9 +103,12 @@ def schedule_configs(spec: Spec) -> list[Config]:
             if name == "adaptive":
                 continue
             params = {"warmup": WARMUP, "interval": n, **make_method(name, order=2).describe()}
-            configs.append(Config(name, params, budget,
-                                  lambda name=name, schedule=schedule: CacheController(make_method(name, order=2), schedule)))
+            configs.append(Config(name, params, budget, _controller_factory(name, schedule)))
     return configs
+
+
+def _controller_factory(name: str, schedule: FixedSchedule) -> Callable[[], CacheController]:
+    return lambda: CacheController(make_method(name, order=2), schedule)
 
 
 def calibrate_adaptive(model, table, spec: Spec, budgets: list[int], progress: Progress,
@@ -171,6 +176,7 @@ def run_configs(model, table, spec: Spec, configs: list[Config], progress: Progr
             else:
                 results[i].wall_s = min(results[i].wall_s, g.wall_s)
                 results[i].cpu_s = min(results[i].cpu_s, g.cpu_s)
+                results[i].call_times += g.call_times
     progress("counting FLOPs")
     per_call = {}
     for config in configs:
@@ -178,11 +184,12 @@ def run_configs(model, table, spec: Spec, configs: list[Config], progress: Progr
             per_call[config.method] = measure_flops(model, table, config.method, prompts[0], seeds[0], spec, size,
                                                     guidance)
     ref = results[0]
-    ref_flops = run_flops(ref.stats.full_calls, ref.stats.cached_calls, per_call["none"])
+    ref_flops = run_cost(ref.stats.full_calls, ref.stats.cached_calls, per_call["none"])
+    ref_call_s = run_cost(ref.stats.full_calls, ref.stats.cached_calls, median_call_seconds(ref.call_times))
     runs, images = [], []
     for i, config in enumerate(configs):
         g = results[i]
-        flops = run_flops(g.stats.full_calls, g.stats.cached_calls, per_call[config.method])
+        flops = run_cost(g.stats.full_calls, g.stats.cached_calls, per_call[config.method])
         run = {
             "method": config.method, "params": config.params, "budget": config.budget,
             "full_steps": g.full_steps, "cached_steps": g.stats.cached_steps,
@@ -192,6 +199,8 @@ def run_configs(model, table, spec: Spec, configs: list[Config], progress: Progr
             "speedup": ref.wall_s / g.wall_s, "cpu_speedup": ref.cpu_s / g.cpu_s,
             "ideal_speedup": spec.steps / max(g.full_steps, 1),
             "flops": flops, "flops_speedup": ref_flops / flops,
+            "median_call_speedup": ref_call_s / run_cost(g.stats.full_calls, g.stats.cached_calls,
+                                                          median_call_seconds(g.call_times)),
             "cache_bytes": g.cache_bytes, "timeline": g.stats.timeline(), "fallbacks": g.stats.fallbacks,
         }
         run["speedup_vs_ideal"] = run["speedup"] / run["ideal_speedup"]
@@ -276,7 +285,8 @@ def load_testbed_model():
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m freqca_core.bench", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="28 steps, 2 seeds, N = 3, 6, 9, 2 timing rounds (under a minute)")
+    p.add_argument("--quick", action="store_true",
+                   help="28 steps, 2 seeds, N = 3, 6, 9, 2 timing rounds (under a minute)")
     p.add_argument("--steps", type=int, help="sampler steps (default 50; --quick 28)")
     p.add_argument("--seeds", type=int, help="held-out seeds (default 4; --quick 2; flux-timing 1)")
     p.add_argument("--intervals", type=str, help="comma-separated full-step intervals (default 3,4,6,9)")

@@ -106,6 +106,7 @@ class Generation:
     n_blocks: int
     model_calls: int
     call_flops: list[tuple[bool, int]] = field(default_factory=list)  # (full?, FLOPs) per call if counted
+    call_times: list[tuple[bool, float]] = field(default_factory=list)  # (full?, wall seconds) per call
 
     @property
     def full_steps(self) -> int:
@@ -145,6 +146,7 @@ def generate(model: nn.Module, prompts: Sequence[int], seeds: Sequence[int], ste
     batch = len(streams) * len(seeds)
     g = None if guidance is None else torch.full((batch,), float(guidance), dtype=dtype)
     calls: list[tuple[bool, int]] = []
+    times: list[tuple[bool, float]] = []
     counter = BlockCounter(model)
 
     if method is not None:
@@ -162,12 +164,14 @@ def generate(model: nn.Module, prompts: Sequence[int], seeds: Sequence[int], ste
         return method(x_in, sigma, lambda: model(x_in, _sigma_tensor(sigma, batch, x_in), context, y, g))
 
     def counted_call(x_in: Tensor, sigma: float) -> Tensor:
+        before, start = counter.count, time.perf_counter()
         if not count_flops:
-            return model_call(x_in, sigma)
-        before = counter.count
-        with flop_counter() as mode:
             out = model_call(x_in, sigma)
-        calls.append((counter.count > before, mode.get_total_flops()))
+        else:
+            with flop_counter() as mode:
+                out = model_call(x_in, sigma)
+            calls.append((counter.count > before, mode.get_total_flops()))
+        times.append((counter.count > before, time.perf_counter() - start))
         return out
 
     def velocity(x: Tensor, sigma: float) -> Tensor:
@@ -184,7 +188,7 @@ def generate(model: nn.Module, prompts: Sequence[int], seeds: Sequence[int], ste
     if method is not None:
         stats = method.end_run()
     return Generation(images=images.float(), stats=stats, wall_s=wall, cpu_s=cpu, block_calls=counter.count,
-                      n_blocks=counter.n_blocks, model_calls=steps, call_flops=calls)
+                      n_blocks=counter.n_blocks, model_calls=steps, call_flops=calls, call_times=times)
 
 
 def flops_per_sample(call_flops: Sequence[tuple[bool, int]], n_samples: int) -> tuple[float, float]:
@@ -195,9 +199,17 @@ def flops_per_sample(call_flops: Sequence[tuple[bool, int]], n_samples: int) -> 
     return mean(full), mean(cached)
 
 
-def run_flops(full_calls: int, cached_calls: int, per_call: tuple[float, float]) -> float:
-    """FLOPs per sample of a run from its call counts and the per-call costs (every call of a kind has
-    the same shapes within a run, so this equals counting the whole run)."""
+def median_call_seconds(call_times: Sequence[tuple[bool, float]]) -> tuple[float, float]:
+    """Median wall time of a full call and of a cached call (0.0 for a kind that never ran)."""
+    def median(xs: list[float]) -> float:
+        xs = sorted(xs)
+        return 0.0 if not xs else (xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2)
+    return median([t for f, t in call_times if f]), median([t for f, t in call_times if not f])
+
+
+def run_cost(full_calls: int, cached_calls: int, per_call: tuple[float, float]) -> float:
+    """Cost of a run from its call counts and per-call costs ``(full, cached)``: FLOPs per sample (every
+    call of a kind has the same shapes within a run, so this equals counting the whole run) or seconds."""
     return full_calls * per_call[0] + cached_calls * per_call[1]
 
 

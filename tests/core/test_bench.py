@@ -11,7 +11,8 @@ from freqca_core import bench
 from freqca_core.baselines import AdaptiveOutputCache, calibrate_threshold
 from freqca_core.controller import CacheController
 from freqca_core.methods import make_method
-from freqca_core.runner import flop_counter, flops_per_sample, generate, randomize, run_flops, streams_for
+from freqca_core.runner import (flop_counter, flops_per_sample, generate, median_call_seconds, randomize, run_cost,
+                                streams_for)
 from freqca_core.schedule import FixedSchedule
 from freqca_core.testbed.data import PROMPTS, PromptTable
 from freqca_core.testbed.model import TinyFlux, TinyFluxConfig
@@ -75,8 +76,10 @@ def test_block_executions_equal_full_steps_times_blocks(setup):
     assert out.cache_bytes > 0
 
 
-def test_streams():
+def test_streams_and_medians():
     assert streams_for(3.0) == ("uncond", "cond") and streams_for(1.0) == ("cond",)
+    assert median_call_seconds([(True, 3.0), (True, 1.0), (False, 0.5), (True, 2.0)]) == (2.0, 0.5)
+    assert median_call_seconds([(True, 1.0), (True, 2.0)]) == (1.5, 0.0)
 
 
 def test_adaptive_baseline_extremes(setup):
@@ -99,7 +102,7 @@ def test_flops_from_call_costs_equal_direct_count(setup):
         g = run(setup, method, steps=8, count_flops=True)
         direct = sum(f for _, f in g.call_flops)
         per_call = flops_per_sample(g.call_flops, 2)
-        assert run_flops(g.stats.full_calls, g.stats.cached_calls, per_call) * 2 == pytest.approx(direct)
+        assert run_cost(g.stats.full_calls, g.stats.cached_calls, per_call) * 2 == pytest.approx(direct)
     model, table = setup
     ctx, y = table([0])
     x = torch.randn(1, 3, 16, 16)
@@ -154,5 +157,5 @@ def test_flux_timing_mode_with_a_tiny_model():
     none, cached = result["runs"]
     assert none["block_fraction"] == 1.0 and cached["full_steps"] == 4
     assert cached["block_fraction"] == pytest.approx(4 / 5)
-    assert cached["psnr"] is None and cached["speedup_vs_ideal"] > 0
+    assert cached["psnr"] is None and cached["speedup_vs_ideal"] > 0 and cached["median_call_speedup"] > 0
     assert "timing only" in bench.report.markdown_table(result)
