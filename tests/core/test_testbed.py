@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import find_comfyui
+from pack_env import find_comfyui
 from freqca_core.testbed.data import PROMPTS, PromptTable, render, render_batch
 from freqca_core.testbed.model import WEIGHTS_DIR, TinyFlux, TinyFluxConfig, load_testbed
 from freqca_core.testbed.sampling import euler_sample, flux_sigmas, seeded_noise

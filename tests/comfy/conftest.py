@@ -1,0 +1,23 @@
+"""Fixtures for tests that drive real ComfyUI code in-process (skipped when no ComfyUI tree is found)."""
+from __future__ import annotations
+
+import pytest
+
+from pack_env import find_comfyui, load_pack
+from harness import import_comfyui
+
+
+@pytest.fixture(scope="session")
+def comfyui():
+    """The ComfyUI source tree, imported in CPU mode; skips the test when none is found."""
+    path = find_comfyui()
+    if path is None:
+        pytest.skip("ComfyUI not found: set COMFYUI_PATH to a ComfyUI source tree")
+    import_comfyui(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pack(comfyui):
+    """This pack, imported the way ComfyUI imports a custom-node folder."""
+    return load_pack()

@@ -1,0 +1,144 @@
+"""FreqCa Accelerate on Flux-family models, sampled by ComfyUI's own sampling code (real ComfyUI, CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import (build_chroma, build_flux, count_block_calls, flux_conditioning, model_fingerprint, rel_l1,
+                     sample)
+
+STEPS = 12
+N_BLOCKS = 5  # harness FLUX_CONFIG: 2 double + 3 single
+
+
+def accelerate(pack, model, **inputs):
+    """Run the node's execute() as ComfyUI would and return the patched model."""
+    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
+
+    params = dict(method="freqca", interval=4, warmup_steps=2, final_full_steps=0, cutoff=0.1, hermite_scale=0.71,
+                  start_percent=0.0, end_percent=1.0, verbose=False)
+    params.update(inputs)
+    return FreqCaAccelerate.execute(model, **params).result[0]
+
+
+def expected_full_steps(steps, interval, warmup):
+    from comfyui_freqca.freqca_core import FixedSchedule
+
+    return len(FixedSchedule(warmup, interval).full_steps(steps))
+
+
+@pytest.fixture(scope="module")
+def flux(comfyui):
+    return build_flux(seed=1)
+
+
+@pytest.fixture(scope="module")
+def conds(comfyui):
+    return flux_conditioning(seed=2)
+
+
+def test_blocks_run_only_at_full_steps(pack, flux, conds):
+    fast = accelerate(pack, flux)
+    with count_block_calls(flux) as calls:
+        sample(fast, *conds, steps=STEPS)
+    assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
+    with count_block_calls(flux) as calls:
+        sample(flux, *conds, steps=STEPS)
+    assert calls.total == STEPS * N_BLOCKS
+
+
+def test_interval_one_is_exactly_uncached(pack, flux, conds):
+    reference = sample(flux, *conds, steps=STEPS)
+    assert torch.equal(sample(accelerate(pack, flux, interval=1), *conds, steps=STEPS), reference)
+
+
+def test_cached_output_close_to_uncached(pack, flux, conds):
+    reference = sample(flux, *conds, steps=STEPS)
+    for method in ("freqca", "reuse", "taylor"):
+        out = sample(accelerate(pack, flux, method=method), *conds, steps=STEPS)
+        assert torch.isfinite(out).all()
+        error = rel_l1(out, reference)
+        print(f"{method}: relative L1 vs uncached {error:.4f}")
+        assert 0 < error < 0.1
+
+
+def test_cfg_with_cond_and_uncond(pack, flux, conds):
+    reference = sample(flux, *conds, steps=STEPS, cfg=3.0)
+    fast = accelerate(pack, flux)
+    with count_block_calls(flux) as calls:
+        out = sample(fast, *conds, steps=STEPS, cfg=3.0)
+    # cond and uncond run as one batch: the same block count as cond alone
+    assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
+    assert rel_l1(out, reference) < 0.1
+    assert torch.equal(sample(accelerate(pack, flux, interval=1), *conds, steps=STEPS, cfg=3.0), reference)
+
+
+def test_non_square_latent_and_batch(pack, flux, conds):
+    shape = (2, 16, 24, 42)  # odd token grid 12 x 21, batch 2
+    reference = sample(flux, *conds, steps=STEPS, shape=shape)
+    out = sample(accelerate(pack, flux), *conds, steps=STEPS, shape=shape)
+    assert out.shape == reference.shape
+    assert rel_l1(out, reference) < 0.1
+
+
+def test_kontext_reference_latent_of_another_size(pack, flux):
+    reference_latent = torch.randn(1, 16, 20, 28, generator=torch.Generator().manual_seed(5))
+    conds = flux_conditioning(seed=3, reference_latents=[reference_latent])
+    reference = sample(flux, *conds, steps=STEPS, shape=(1, 16, 32, 24))
+    fast = accelerate(pack, flux)
+    with count_block_calls(flux) as calls:
+        out = sample(fast, *conds, steps=STEPS, shape=(1, 16, 32, 24))
+    assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
+    assert rel_l1(out, reference) < 0.1
+    assert torch.equal(sample(accelerate(pack, flux, interval=1), *conds, steps=STEPS, shape=(1, 16, 32, 24)),
+                       reference)
+
+
+def test_model_unchanged_and_state_per_run(pack, flux, conds):
+    before = model_fingerprint(flux)
+    fast = accelerate(pack, flux)
+    first = sample(fast, *conds, steps=STEPS)
+    assert model_fingerprint(flux) == before
+    assert "freqca_run" not in fast.model_options["transformer_options"]
+    # a new resolution and batch size in the next queued run starts clean, and the first run repeats exactly
+    sample(fast, *conds, steps=STEPS, shape=(3, 16, 16, 24))
+    assert torch.equal(sample(fast, *conds, steps=STEPS), first)
+
+
+def test_two_models_in_one_process_do_not_share_state(pack, conds):
+    model_a, model_b = build_flux(seed=11), build_flux(seed=12)
+    ref_a = sample(accelerate(pack, model_a), *conds, steps=STEPS)
+    fast_b = accelerate(pack, model_b)
+    sample(fast_b, *conds, steps=STEPS)
+    again_a = sample(accelerate(pack, model_a), *conds, steps=STEPS)
+    assert torch.equal(ref_a, again_a)
+
+
+def test_chroma(pack, comfyui):
+    chroma = build_chroma(seed=4)
+    conds = flux_conditioning(seed=6)
+    reference = sample(chroma, *conds, steps=STEPS)
+    fast = accelerate(pack, chroma)
+    with count_block_calls(chroma) as calls:
+        out = sample(fast, *conds, steps=STEPS)
+    assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
+    assert rel_l1(out, reference) < 0.1
+
+
+def test_unsupported_family_is_named(pack, comfyui):
+    import comfy.model_patcher
+
+    class NotADit(torch.nn.Module):
+        pass
+
+    model = comfy.model_patcher.ModelPatcher(torch.nn.Module(), torch.device("cpu"), torch.device("cpu"))
+    model.model.diffusion_model = NotADit()
+    with pytest.raises(ValueError, match=r"NotADit.*Supported: Flux"):
+        accelerate(pack, model)
+
+
+def test_bad_input_names_the_input(pack, flux):
+    with pytest.raises(ValueError, match=r"interval must be an integer in \[1, 1000\]"):
+        accelerate(pack, flux, interval=0)
+    with pytest.raises(ValueError, match="cutoff"):
+        accelerate(pack, flux, cutoff=1.5)
