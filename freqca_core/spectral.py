@@ -104,8 +104,10 @@ class BandSplitter:
 
     def _fft_low(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
-        freqs = torch.fft.rfftfreq(n, device=x.device)
-        keep = freqs <= self.cutoff * (0.5 if n % 2 == 0 else (n - 1) / (2 * n)) + 1e-12
+        # |f| = k / n and max|f| = (n // 2) / n, so |f| <= cutoff * max|f| is k <= cutoff * (n // 2); compared on
+        # integer bins (float32 frequencies against a float64 threshold dropped the top bin at cutoff 1, odd n).
+        bins = torch.arange(n // 2 + 1, device=x.device, dtype=torch.float64)
+        keep = bins <= self.cutoff * (n // 2) * (1 + 1e-12) + 1e-9
         spectrum = torch.fft.rfft(x.float(), dim=1) * keep[None, :, None]
         return torch.fft.irfft(spectrum, n=n, dim=1).to(x.dtype)
 
