@@ -202,11 +202,38 @@ def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
 
 
 def _show_on_node(node_id: str | None, text: str) -> None:
-    """Show ``text`` under the node in the ComfyUI front-end, when a server is running."""
+    """Show ``text`` under the node in the ComfyUI front-end, when a server is running.
+
+    Sends the text (``send_progress_text``: any front-end shows it) and the ``freqca.stats`` event read
+    by ``web/freqca.js``: ``{"node", "text"}`` plus, parsed from the summary line, ``method``,
+    ``interval``, ``steps``, ``full``, ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full,
+    ``c`` cached, ``.`` not called), ``fallbacks`` and ``speedup`` (steps / full steps).
+    """
     if node_id is None:
         return
+    import re
+
+    stats: dict = {"node": str(node_id), "text": text}
+    match = re.search(r"\((?P<method>[^,()]+), interval (?P<interval>\d+)\): (?P<full>\d+)/(?P<steps>\d+) steps "
+                      r"full, (?P<cached>\d+) cached, CRF cache (?P<cache_mb>[\d.]+) MB, (?P<seconds>[\d.]+) s "
+                      r"\[(?P<timeline>[Fc.]*)\](?:; (?P<fallbacks>\d+) calls fell back)?", text)
+    if match:
+        for key, value in match.groupdict().items():
+            if key in ("method", "timeline"):
+                stats[key] = value
+            elif key in ("cache_mb", "seconds"):
+                stats[key] = float(value)
+            else:
+                stats[key] = int(value or 0)
+        stats["speedup"] = round(stats["steps"] / stats["full"], 2) if stats["full"] else None
     try:
         from server import PromptServer
-        PromptServer.instance.send_progress_text(text, node_id)
-    except Exception:  # no server (tests, scripts) or an older front-end: the log line is enough
-        pass
+        server = PromptServer.instance
+    except Exception:  # no server (tests, scripts): the log line is enough
+        return
+    for send in (lambda: server.send_progress_text(text, node_id),
+                 lambda: server.send_sync("freqca.stats", stats, getattr(server, "client_id", None))):
+        try:
+            send()
+        except Exception:  # an older server or front-end: the log line is enough
+            pass
