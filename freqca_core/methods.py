@@ -41,7 +41,8 @@ class ForecastMethod(CacheMethod):
 
     def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
         weights = self.forecaster.weights(history.sigmas, sigma, step_size(history))
-        return weighted_sum(history, weights)
+        dtype = history.entries[0].crf.dtype  # accumulate in >= float32: bf16/fp16 sums of large weights drift
+        return weighted_sum(history, weights, torch.promote_types(dtype, torch.float32)).to(dtype)
 
     def describe(self) -> dict:
         return {"forecaster": self.forecaster.name, "order": self.history_size - 1}
@@ -66,10 +67,12 @@ class FreqCaMethod(CacheMethod):
         unit = step_size(history)
         high_w = self.high.weights(history.sigmas, sigma, unit)
         low_w = self.low.weights(history.sigmas, sigma, unit)
-        high = weighted_sum(history, high_w, torch.float32)
-        correction = weighted_sum(history, [r - h for r, h in zip(low_w, high_w)], torch.float32)
+        dtype = history.entries[0].crf.dtype
+        acc = torch.promote_types(dtype, torch.float32)
+        high = weighted_sum(history, high_w, acc)
+        correction = weighted_sum(history, [r - h for r, h in zip(low_w, high_w)], acc)
         out = high + self.splitter.low(correction, layout)
-        return out.to(history.entries[0].crf.dtype)
+        return out.to(dtype)
 
     def describe(self) -> dict:
         return {"cutoff": self.splitter.cutoff, "transform": self.splitter.transform,

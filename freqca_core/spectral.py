@@ -71,6 +71,8 @@ class BandSplitter:
         """Low band of ``x`` ``[B, L, D]`` (same shape and dtype)."""
         if x.shape[1] != layout.length:
             raise ValueError(f"feature has {x.shape[1]} tokens but the layout describes {layout.length}")
+        if x.numel() == 0:  # empty batch or channels: nothing to transform (FFT/reshape reject empty inputs)
+            return x.clone()
         parts, start = [], 0
         for seg in layout.segments:
             chunk = x[:, start:start + seg.length]

@@ -321,3 +321,38 @@ def test_locator_step_size():
     loc = StepLocator(SIGMAS)
     assert [loc.step_size(i) for i in range(5)] == pytest.approx([0.2, 0.3, 0.25, 0.15, 0.1])
     assert loc.step_size(5) == 0.0
+
+
+def test_numpy_scalars_accepted_and_bools_rejected():
+    """Values coming from numpy (benchmark sweeps) are numbers like any other; bools are not."""
+    np = pytest.importorskip("numpy")
+    s = FixedSchedule(np.int64(3), np.int32(6), final_full=np.int64(0), start=np.float32(0.0), end=np.float64(1.0))
+    assert s.full_steps(50) == [0, 1, 2, 8, 14, 20, 26, 32, 38, 44]
+    with pytest.raises(ValueError, match=r"interval must be an integer in \[1, 1000\]"):
+        FixedSchedule(3, np.int64(0))
+    with pytest.raises(ValueError, match="interval"):
+        FixedSchedule(3, np.float64(2.5))
+    with pytest.raises(ValueError, match="interval"):
+        FixedSchedule(3, np.float64("inf"))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        FixedSchedule(np.bool_(True), 6)
+    with pytest.raises(ValueError, match="start_percent"):
+        FixedSchedule(3, 6, start=np.float32("nan"))
+
+
+def test_locator_rising_schedule_prefers_exact_hits():
+    """Restart-style schedules rise again: an exact sigma maps to its own step, not an earlier interval."""
+    loc = StepLocator([1.0, 0.5, 0.2, 0.8, 0.3, 0.0])
+    assert [loc.step_of(s) for s in (1.0, 0.5, 0.2, 0.8, 0.3)] == [0, 1, 2, 3, 4]
+    assert loc.step_of(0.9) == 0  # first interval containing it
+    assert loc.step_of(0.1) == 4
+
+
+def test_locator_float32_round_trip_of_a_long_schedule():
+    np = pytest.importorskip("numpy")
+    t = np.linspace(1.0, 0.0, 401)
+    sig = 3 * t / (1 + 2 * t)
+    loc = StepLocator(torch.tensor(sig, dtype=torch.float32).tolist())
+    assert all(loc.step_of(float(s)) == i for i, s in enumerate(sig[:-1]))
+    mids = (sig[:-1] + sig[1:]) / 2
+    assert all(loc.step_of(float(m)) == i for i, m in enumerate(mids))

@@ -518,3 +518,64 @@ def test_empty_streams_mean_one_stream():
     ctrl.record(p, x)
     p = ctrl.plan(sig[1], [], 2, LAYOUT)
     assert not p.full and torch.equal(p.crf, x)
+
+
+# ==================================================================================== official formula, end to end
+def _official_high(F0, F1, F2, steps_since: int, interval: int, s: float):
+    """FreqCa's public step-index forecast: F0 + sum_k H_k(x s)/k! s^k D_k, x = -steps since the last full
+    step, backward differences over dd = -interval (physicists' Hermite H1 = 2y, H2 = 4y^2 - 2)."""
+    x, dd = -steps_since, -interval
+    d1 = (F0 - F1) / dd
+    d2 = ((F0 - F1) / dd - (F1 - F2) / dd) / dd
+    y = x * s
+    return F0 + (2 * y) * s * d1 + (4 * y * y - 2) / 2 * s * s * d2
+
+
+@pytest.mark.parametrize("transform,layout", [("dct", TokenLayout.grid(5, 6)), ("fft", TokenLayout.of((4, 4), 3))])
+def test_freqca_through_the_controller_equals_the_official_formula_on_uniform_steps(transform, layout):
+    """Uniform sigma grid, arbitrary (non-smooth) CRFs at the full steps: at every cached step whose history is
+    evenly spaced in steps, the CRF is low(F0) + high(official Hermite forecast). This checks the step-size
+    plumbing (sigma per step taken from the recorded step indices) end to end."""
+    n, warmup, interval, scale = 30, 3, 6, 0.71
+    sig = [1.0 - i / n for i in range(n + 1)]
+    ctrl = controller("freqca", warmup, interval, transform=transform, cutoff=0.2, hermite_scale=scale)
+    splitter = BandSplitter(0.2, transform)
+    ctrl.start_run(sig)
+    full = {}
+    checked = 0
+    for i, s in enumerate(sig[:-1]):
+        p = ctrl.plan(s, ["c", "u"], 4, layout)
+        if p.full:
+            full[i] = _t(4, layout.length, D, seed=100 + i, dtype=torch.float32)
+            ctrl.record(p, full[i])
+            continue
+        last = sorted(full)[-3:][::-1]  # newest first
+        gaps = {last[0] - last[1], last[1] - last[2]}
+        if len(gaps) != 1:
+            continue  # official differences assume even spacing (history 8, 2, 1 right after the warm-up)
+        F0, F1, F2 = (full[k].double() for k in last)
+        high = _official_high(F0, F1, F2, i - last[0], gaps.pop(), scale).float()
+        expected = splitter.low(full[last[0]], layout) + high - splitter.low(high, layout)
+        torch.testing.assert_close(p.crf, expected, atol=3e-5, rtol=1e-5)
+        checked += 1
+    # cached steps 3..7 (history 2, 1, 0), 15..19, 21..25, 27..29 (history 6 steps apart)
+    assert checked == 5 + 5 + 5 + 3
+
+
+def test_low_precision_crf_through_the_controller():
+    """bf16 CRFs: the handed-out forecast stays bf16 and within bf16 rounding of the exact quadratic."""
+    ctrl = controller("taylor", 3, 6)
+    traj = quadratic(1, 13)
+    sig = flux_sigmas(30)
+    ctrl.start_run(sig)
+    for s in sig[:-1]:
+        p = ctrl.plan(s, [0], 1, LAYOUT)
+        if p.full:
+            ctrl.record(p, traj(s).to(torch.bfloat16))
+            continue
+        assert p.crf.dtype == torch.bfloat16
+        # inputs are rounded to bf16 (relative 2^-8) and amplified by the sum of |weights|, plus one rounding
+        w = TaylorForecaster(2).weights(ctrl.cache.history(0).sigmas, s, 0.0)
+        stored = [e.crf.double() for e in ctrl.cache.history(0).entries]
+        bound = sum(abs(wj) * x.abs() for wj, x in zip(w, stored)) * 2 ** -8 + traj(s).abs() * 2 ** -8
+        assert bool(((p.crf.double() - traj(s)).abs() <= bound * 1.01 + 1e-6).all())

@@ -251,3 +251,46 @@ def test_valid_boundaries_accepted():
     assert HermiteForecaster(2.0).scale == 2.0
     assert HermiteForecaster(1e-3, 0).needs == 1
     assert BandSplitter(0.0).cutoff == 0.0
+
+
+# ------------------------------------------------------------------------------------------- low precision
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["taylor", "reuse", "freqca"])
+def test_low_precision_history_is_accumulated_in_float32(dtype, name):
+    """bf16/fp16 CRFs (FLUX usually runs in bf16): the forecast must be the exact weighted sum of the stored
+    (already rounded) CRFs, rounded once to the CRF dtype. Summing large extrapolation weights in bf16 itself
+    drifts by several ulps."""
+    sig = flux_sigmas(50)
+    gen = torch.Generator().manual_seed(5)
+    a, b, c = (torch.randn(1, 64, 32, generator=gen, dtype=torch.float64) for _ in range(3))
+    method = make_method(name, cutoff=0.2)
+    hist, hist64 = CRFHistory(method.history_size), CRFHistory(method.history_size)
+    for step in (2, 8, 14)[-method.history_size:]:
+        s = sig[step]
+        crf = (a + b * s + c * s * s).to(dtype)
+        hist.push(s, step, crf)
+        hist64.push(s, step, crf.double())
+    layout = TokenLayout.grid(8, 8)
+    eps = torch.finfo(dtype).eps
+    for target in (15, 17, 19):
+        out = method.predict(hist, sig[target], layout)
+        assert out.dtype == dtype and out.shape == (1, 64, 32)
+        ref = method.predict(hist64, sig[target], layout)  # float64 accumulation of the same inputs
+        err = (out.double() - ref).abs()
+        # one rounding to the CRF dtype (half an ulp: eps/2 relative), plus float32-level noise
+        assert bool((err <= ref.abs() * eps / 2 * (1 + 1e-3) + 1e-4 * float(ref.abs().max()) * eps).all()), \
+            float((err / ref.abs().clamp_min(1e-6)).max())
+
+
+def test_float64_history_keeps_float64_precision():
+    hist = CRFHistory(3)
+    sig = [0.9, 0.7, 0.45]
+    gen = torch.Generator().manual_seed(3)
+    a, b, c = (torch.randn(1, 12, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    for i, s in enumerate(sig):
+        hist.push(s, i, a + b * s + c * s * s)
+    for name, kwargs in (("taylor", {}), ("freqca", {"cutoff": 1.0})):  # cutoff 1: all low band = reuse
+        out = make_method(name, **kwargs).predict(hist, 0.3, TokenLayout.grid(3, 4))
+        assert out.dtype == torch.float64
+    out = make_method("taylor").predict(hist, 0.3, TokenLayout.grid(3, 4))
+    torch.testing.assert_close(out, a + b * 0.3 + c * 0.09, atol=1e-12, rtol=1e-12)

@@ -353,3 +353,48 @@ def test_invalid_segments():
         Segment(-1)
     assert TokenLayout.grid(3, 4).length == 12
     assert TokenLayout.of((2, 2), 3, (1, 5)).length == 12
+
+
+# ------------------------------------------------------------------------------------- odd inputs
+@pytest.mark.parametrize("transform", ["dct", "fft"])
+def test_empty_batch_and_empty_segments(transform):
+    """A zero-row batch and zero-length segments pass through with their shape (no reshape ambiguity)."""
+    splitter = BandSplitter(0.2, transform)
+    for layout in (TokenLayout.grid(2, 3), TokenLayout.of((2, 3), 4), TokenLayout.of(0, (3, 3), 0)):
+        x = torch.zeros(0, layout.length, 5)
+        low, high = splitter.split(x, layout)
+        assert low.shape == x.shape and high.shape == x.shape
+    x = _rand(2, 9, 3, seed=21)
+    layout = TokenLayout.of(0, (3, 3), 0)
+    torch.testing.assert_close(splitter.low(x, layout), splitter.low(x, TokenLayout.grid(3, 3)), atol=0, rtol=0)
+    assert splitter.low(torch.zeros(2, 0, 3), TokenLayout.of(0)).shape == (2, 0, 3)
+
+
+@pytest.mark.parametrize("transform", ["dct", "fft"])
+def test_non_contiguous_input(transform):
+    layout = TokenLayout.of((3, 4), 2)
+    x = _rand(3, 6, layout.length, seed=22).transpose(1, 2)[::2]  # [2, 14, 6], strided
+    assert not x.is_contiguous()
+    splitter = BandSplitter(0.3, transform)
+    torch.testing.assert_close(splitter.low(x, layout), splitter.low(x.contiguous(), layout), atol=0, rtol=0)
+    np.testing.assert_allclose(splitter.low(x, layout).double().numpy(),
+                               ref_low(x.double().numpy(), layout, 0.3, transform), atol=2e-5)
+
+
+def test_one_splitter_reused_across_grids_matches_fresh_ones():
+    """The basis/mask caches are keyed correctly: alternating grids of one splitter give the reference."""
+    splitter = BandSplitter(0.25, "dct")
+    grids = [(5, 3), (3, 5), (16, 16), (5, 3), (2, 3, 4), (4, 3, 2), (15, 1), (1, 15)]
+    for k, grid in enumerate(grids):
+        x = _rand(1, math.prod(grid), 2, seed=30 + k)
+        expected = ref_low_dct(x.double().numpy(), grid, 0.25)
+        np.testing.assert_allclose(splitter.low(x, TokenLayout.grid(*grid)).double().numpy(), expected, atol=2e-5)
+
+
+def test_numpy_scalar_cutoff_accepted():
+    assert BandSplitter(np.float64(0.2)).cutoff == pytest.approx(0.2)
+    assert BandSplitter(np.float32(0.5), "fft").cutoff == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="cutoff"):
+        BandSplitter(np.float64(1.5))
+    with pytest.raises(ValueError, match="cutoff"):
+        BandSplitter(True)
