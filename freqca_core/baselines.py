@@ -105,40 +105,56 @@ class AdaptiveOutputCache:
 
 
 def calibrate_threshold(full_steps_at: Callable[[float, int | None], int], target: int, *,
-                        low: float = 1e-3, high: float = 10.0, iters: int = 12) -> tuple[float, int, list]:
+                        low: float = 0.01, high: float = 1.0, iters: int = 12,
+                        trials: list[tuple[float, int, bool]] | None = None) -> tuple[float, int, int]:
     """Threshold whose run uses ``target`` full steps (or the closest count found, fewer preferred).
 
     ``full_steps_at(threshold, abort_above)`` runs the method and returns its full-step count; a run may
-    stop early once it exceeds ``abort_above`` and then return any larger number. Returns
-    ``(threshold, full_steps, trials)`` with ``trials`` the ``(threshold, full_steps)`` pairs tried.
-    The count falls (not always strictly) as the threshold grows; the search is a bisection on log scale.
+    stop once it exceeds ``abort_above`` and then returns a lower bound of its count. The count falls (not
+    always strictly) as the threshold grows; the search brackets the target and narrows the bracket on a
+    log scale, interpolating between the counts at its ends. ``trials`` (``(threshold, count, exact)``)
+    may be shared between calls on the same calibration set, e.g. for several budgets: earlier runs then
+    narrow the bracket for free. Returns ``(threshold, full_steps, runs made by this call)``.
     """
-    trials: list[tuple[float, int]] = []
+    trials = [] if trials is None else trials
+    made = 0
 
-    def trial(t: float) -> int:
-        n = full_steps_at(t, target)
-        trials.append((t, n))
-        return n
-
-    def score(item: tuple[float, int]) -> tuple[int, int]:
-        return abs(item[1] - target), 0 if item[1] <= target else 1
-
-    for _ in range(6):  # widen the bracket if needed
-        if trial(high) <= target:
-            break
-        high *= 10
-    for _ in range(6):
-        if trial(low) >= target:
-            break
-        low /= 10
-    for _ in range(iters):
-        if any(n == target for _, n in trials):
-            break
-        mid = math.sqrt(low * high)
-        n = trial(mid)
+    def side(n: int, exact: bool) -> int | None:
+        """+1: too many full steps, 0: on target, -1: too few, None: unknown (a lower bound <= target)."""
         if n > target:
-            low = mid
+            return 1
+        if not exact:
+            return None
+        return 0 if n == target else -1
+
+    for _ in range(iters + 8):
+        known = [(t, n, side(n, e)) for t, n, e in trials if side(n, e) is not None]
+        if any(s == 0 for _, _, s in known) or made >= iters + 8:
+            break
+        many = [(t, n) for t, n, s in known if s == 1]
+        few = [(t, n) for t, n, s in known if s == -1]
+        lo = max(many, default=None)  # largest threshold that still gives too many full steps
+        hi = min(few, default=None)   # smallest threshold that gives too few
+        if hi is None:
+            if lo is not None and lo[0] >= high * 1e3:
+                break  # even huge thresholds run too many steps (warm-up above the target)
+            t = high if lo is None or lo[0] < high else lo[0] * 10
+        elif lo is None:
+            t = low if hi[0] > low else hi[0] / 10
+        elif lo[0] >= hi[0]:  # not monotone here: probe between the two
+            t = math.sqrt(lo[0] * hi[0])
         else:
-            high = mid
-    best = min(trials, key=score)
-    return best[0], best[1], trials
+            frac = min(max((lo[1] - target) / max(lo[1] - hi[1], 1), 0.2), 0.8)
+            t = math.exp(math.log(lo[0]) + frac * (math.log(hi[0]) - math.log(lo[0])))
+        if made >= iters and lo is not None and hi is not None:
+            break
+        n = full_steps_at(t, target)
+        trials.append((t, n, n <= target))
+        made += 1
+
+    def score(item: tuple[float, int, bool]) -> tuple[int, int, int]:
+        return abs(item[1] - target), 0 if item[1] <= target else 1, 0 if item[2] else 1
+
+    usable = [x for x in trials if side(x[1], x[2]) is not None] or trials
+    best = min(usable, key=score)
+    return best[0], best[1], made

@@ -116,7 +116,7 @@ def calibrate_adaptive(model, table, spec: Spec, budgets: list[int], progress: P
     """Thresholds hitting each budget on the calibration seeds/prompts (never the reported ones)."""
     seeds = [CALIB_SEED_BASE + i for i in range(spec.seeds)]
     prompts = calib_prompts(spec.seeds)
-    configs = []
+    configs, trials = [], []  # trials are shared: every budget searches the same count-vs-threshold curve
     for budget in budgets:
         progress(f"calibrating the adaptive baseline for {budget} full steps on the calibration seeds")
 
@@ -128,11 +128,11 @@ def calibrate_adaptive(model, table, spec: Spec, budgets: list[int], progress: P
             except BudgetExceeded:
                 return abort_above + 1
 
-        threshold, got, trials = calibrate_threshold(full_steps_at, budget, iters=spec.calib_iters)
+        threshold, got, made = calibrate_threshold(full_steps_at, budget, iters=spec.calib_iters, trials=trials)
         progress(f"calibrated adaptive for budget {budget}: threshold {threshold:.4g} -> {got} full steps "
-                 f"({len(trials)} calibration runs)")
+                 f"({made} calibration runs)")
         params = {"threshold": threshold, "warmup": WARMUP, "target_full_steps": budget,
-                  "calibration_full_steps": got, "calibration_runs": len(trials)}
+                  "calibration_full_steps": got, "calibration_runs": made}
         configs.append(Config("adaptive", params, budget, lambda t=threshold: AdaptiveOutputCache(t, WARMUP)))
     return configs
 
@@ -286,11 +286,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m freqca_core.bench", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="28 steps, 2 seeds, N = 3, 6, 9, 2 timing rounds (under a minute)")
+                   help="28 steps, 2 seeds, N = 3, 6, 9, one timing round (under a minute)")
     p.add_argument("--steps", type=int, help="sampler steps (default 50; --quick 28)")
     p.add_argument("--seeds", type=int, help="held-out seeds (default 4; --quick 2; flux-timing 1)")
     p.add_argument("--intervals", type=str, help="comma-separated full-step intervals (default 3,4,6,9)")
-    p.add_argument("--repeats", type=int, help="interleaved timing rounds, min kept (default 2)")
+    p.add_argument("--repeats", type=int, help="interleaved timing rounds, min kept (default 2; --quick 1)")
     p.add_argument("--json", type=Path, help="also write the result JSON here")
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder (default bench_out/)")
     p.add_argument("--model", choices=("testbed", "flux-timing"), default="testbed")
@@ -304,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def spec_from_args(args: argparse.Namespace) -> Spec:
     spec = Spec(model=args.model)
     if args.quick:
-        spec.steps, spec.seeds, spec.intervals, spec.repeats, spec.calib_iters = 28, 2, (3, 6, 9), 2, 8
+        spec.steps, spec.seeds, spec.intervals, spec.repeats, spec.calib_iters = 28, 2, (3, 6, 9), 1, 8
     if args.model == "flux-timing":
         spec.seeds = 1
     if args.steps is not None:

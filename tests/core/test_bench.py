@@ -93,8 +93,20 @@ def test_adaptive_baseline_extremes(setup):
 
 def test_calibration_hits_target():
     counts = lambda t: max(3, int(20 - 5 * math.log10(t / 1e-3)))  # noqa: E731  falls with the threshold
-    threshold, got, trials = calibrate_threshold(lambda t, _: counts(t), 9, iters=30)
-    assert got == 9 and counts(threshold) == 9 and len(trials) < 30
+
+    def run_with_abort(t, abort_above):  # like a real run: stops once over budget, returning a lower bound
+        return min(counts(t), abort_above + 1)
+
+    trials = []
+    threshold, got, made = calibrate_threshold(run_with_abort, 9, iters=30, trials=trials)
+    assert got == 9 and counts(threshold) == 9 and made == len(trials) < 12
+    threshold, got, made_again = calibrate_threshold(run_with_abort, 9, trials=trials)
+    assert got == 9 and made_again == 0  # a shared history answers at once
+    threshold, got, _ = calibrate_threshold(run_with_abort, 6, trials=trials)
+    assert got == 6 and counts(threshold) == 6
+    trials = []
+    threshold, got, _ = calibrate_threshold(run_with_abort, 1, iters=5, trials=trials)  # unreachable
+    assert got > 1 and threshold >= 1 and len(trials) <= 5  # the closest run, after a bounded search
 
 
 def test_flops_from_call_costs_equal_direct_count(setup):
@@ -159,3 +171,20 @@ def test_flux_timing_mode_with_a_tiny_model():
     assert cached["block_fraction"] == pytest.approx(4 / 5)
     assert cached["psnr"] is None and cached["speedup_vs_ideal"] > 0 and cached["median_call_speedup"] > 0
     assert "timing only" in bench.report.markdown_table(result)
+
+
+def test_table_marks_best_psnr_per_budget_even_for_a_baseline():
+    def row(method, budget, full, psnr, **params):
+        return {"method": method, "params": {"warmup": 3, "interval": 6, "threshold": 0.1, **params},
+                "budget": budget, "full_steps": full, "nfe_ratio": full / 50, "speedup": 50 / full,
+                "flops_speedup": 50 / full, "psnr": psnr, "ssim": 0.9, "rel_l1": 0.1, "cache_bytes": 0,
+                "wall_s": 1.0}
+    result = {"model": "testbed", "steps": 50, "seeds": 2, "resolution": [32, 32], "cfg": 3.0, "runs": [
+        row("none", 50, 50, None), row("freqca", 10, 10, 30.0), row("reuse", 10, 10, 31.0),
+        row("adaptive", 10, 11, 40.0), row("freqca", 8, 8, 25.0), row("adaptive", 8, 8, 24.0)]}
+    lines = bench.report.markdown_table(result).splitlines()
+    bold = [line for line in lines if "**" in line and line.startswith("|")]
+    assert len(bold) == 2
+    assert bold[0].startswith("| reuse") and "**31.00**" in bold[0]  # the over-budget run is not eligible
+    assert bold[1].startswith("| FreqCa") and "**25.00**" in bold[1]
+    assert any("11 †" in line for line in lines)
