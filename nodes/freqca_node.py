@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from ..freqca_core import METHODS
+from ..freqca_core.validation import check_float
 from .families import FAMILIES, detect_family
 from .hooks import FreqCaSettings, apply_freqca
 
@@ -51,7 +52,29 @@ class FreqCaAccelerate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent: float = 0.0, end_percent: float = 1.0, **kwargs) -> bool | str:
+    def validate_inputs(cls, method: str | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None) -> bool | str:
+        # Only the inputs named here: ComfyUI skips its own min/max checks for them, and for every input if
+        # this took **kwargs (it would also repeat our message once per input). ComfyUI 0.3.64 does not check
+        # V3 combo values at all, so ``method`` is checked here. A linked input is None here (its value is not
+        # known yet); execute() checks it then.
+        if method is not None and method not in METHODS:
+            return f"method must be one of {', '.join(METHODS)}; got {method!r}"
+        if start_percent is None or end_percent is None:
+            return True
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+            try:
+                check_float(name, value, 0.0, 1.0)
+            except ValueError as exc:
+                return str(exc)
+        if end_percent < start_percent:
+            return f"end_percent ({end_percent}) must be >= start_percent ({start_percent})"
+        return True
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+            try:
+                check_float(name, value, 0.0, 1.0)
+            except ValueError as exc:
+                return str(exc)
         if end_percent < start_percent:
             return f"end_percent ({end_percent}) must be >= start_percent ({start_percent})"
         return True
