@@ -104,6 +104,10 @@ function speedupText(steps, full) {
 // What the widget shows now: {title, timeline, done (cells drawn solid), detail}.
 function view(node) {
   const st = node.freqca ?? {};
+  if (node.mode === 4) {  // bypassed: the model passes through uncached
+    return { title: "FreqCa off (bypassed)", timeline: "", done: 0,
+             detail: "the sampler gets the model unchanged; every step runs in full" };
+  }
   if (st.live) {
     const { value, max } = st.live;
     const timeline = plannedTimeline(node, max);

@@ -204,6 +204,8 @@ async def scenario(server_url: str, profile: Path) -> dict:
             return {count: nodes.length, widgets: nodes[0].widgets.map((x) => x.name),
                     values: nodes[0].widgets.filter((x) => x.name !== 'freqca_timeline').map((x) => x.value),
                     title: nodes[0].title, size: nodes[0].size, view: v};""")
+        report["bypassed"] = await browser.js(VIEW + """
+            nodes[0].mode = 4; const off = w.view(); nodes[0].mode = 0; return off;""")
         await browser.screenshot(ARTIFACTS / "example_workflow.png")
         await browser.screenshot(ARTIFACTS / "example_node.png", await node_box(browser, ["FreqCaAccelerate"]))
 
@@ -263,6 +265,7 @@ def test_front_end_shows_freqca_feedback(comfy_server, tmp_path):
     assert example["view"]["title"].startswith("planned 7/28 full"), example["view"]
     assert example["view"]["timeline"] == "FFF" + "cccccF" * 4 + "c", example["view"]
 
+    assert report["bypassed"]["title"] == "FreqCa off (bypassed)" and not report["bypassed"]["timeline"]
     assert report["planned"]["title"].startswith("planned 6/12 full"), report["planned"]
     stats = report["stats"]
     assert (stats["steps"], stats["full"], stats["cached"], stats["timeline"]) == (12, 6, 6, "FFFccFccFccF")
