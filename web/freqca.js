@@ -14,6 +14,7 @@ const CORE_TEXT_PREVIEW = "$$node-text-preview";  // where the front-end shows s
 const COLORS = { F: "#e0873a", c: "#3fae6e", ".": "#555b66" };
 const TEXT = "#dddddd";
 const DIM = "#9aa0a6";
+const NOTE = "#e3b341";
 const MARGIN = 15;
 const ROW = 16;
 const CELL_H = 13;
@@ -121,12 +122,14 @@ function view(node) {
   }
   if (st.stats && st.stats.timeline !== undefined) {
     const s = st.stats;
-    const fallbacks = s.fallbacks ? ` \u00b7 ${s.fallbacks} fallback calls` : "";
+    // anything the summary line says after the timeline (fallbacks, warnings), shown as a note
+    const tail = String(s.text ?? "").split("]").slice(1).join("]").replace(/^[;\s]+/, "");
     return {
       title: `${s.full}/${s.steps} full \u00b7 ${s.cached} cached \u00b7 est. ${speedupText(s.steps, s.full)}`,
       timeline: s.timeline,
       done: s.timeline.length,
-      detail: `${s.method} \u00b7 CRF cache ${Number(s.cache_mb).toFixed(2)} MB \u00b7 ${Number(s.seconds).toFixed(1)} s${fallbacks}`,
+      detail: `${s.method} \u00b7 CRF cache ${Number(s.cache_mb).toFixed(2)} MB \u00b7 ${Number(s.seconds).toFixed(1)} s`,
+      note: tail,
     };
   }
   if (st.stats && st.stats.text) {
@@ -158,7 +161,7 @@ function cellLayout(n, width) {
 function widgetHeight(node, width) {
   const v = view(node);
   const { rows } = cellLayout(v.timeline.length, width);
-  return 6 + ROW + rows * (CELL_H + CELL_GAP) + (rows ? 4 : 0) + ROW + 4;
+  return 6 + ROW + rows * (CELL_H + CELL_GAP) + (rows ? 4 : 0) + ROW + (v.note ? ROW : 0) + 4;
 }
 
 function fitText(ctx, text, width) {
@@ -209,6 +212,11 @@ function drawTimeline(ctx, node, width, y) {
   ctx.font = "11px sans-serif";
   ctx.fillStyle = DIM;
   ctx.fillText(fitText(ctx, v.detail, inner), MARGIN, top + ROW / 2);
+  if (v.note) {
+    top += ROW;
+    ctx.fillStyle = NOTE;
+    ctx.fillText(fitText(ctx, v.note, inner), MARGIN, top + ROW / 2);
+  }
   ctx.restore();
 }
 

@@ -185,6 +185,7 @@ async def node_box(browser: Browser, node_types: list[str], pad: int = 24) -> di
 
 
 async def scenario(server_url: str, profile: Path) -> dict:
+    (ARTIFACTS / "node_live.png").unlink(missing_ok=True)
     browser = Browser(profile)
     report: dict = {}
     try:
@@ -220,6 +221,8 @@ async def scenario(server_url: str, profile: Path) -> dict:
             state = await browser.js(VIEW + "return {view: v, stats: nodes[0].freqca?.stats ?? null};")
             if state["view"]["title"].startswith("sampling") and state["view"]["title"] not in live:
                 live.append(state["view"]["title"])
+                if state["view"]["done"] >= 4 and not (ARTIFACTS / "node_live.png").exists():
+                    await browser.screenshot(ARTIFACTS / "node_live.png", await node_box(browser, ["FreqCaAccelerate"]))
             if state["stats"]:
                 break
             if time.monotonic() > deadline:
@@ -237,6 +240,19 @@ async def scenario(server_url: str, profile: Path) -> dict:
         await browser.screenshot(ARTIFACTS / "testbed_after_run.png")
         clip = await node_box(browser, ["FreqCaAccelerate", "KSampler", "SaveImage"])
         await browser.screenshot(ARTIFACTS / "node_after_run.png", clip)
+        # events the real run did not produce: a summary with a note after the timeline, a summary the
+        # Python side could not parse, an event for a node that is not in the graph
+        report["synthetic"] = await browser.js(VIEW + """
+            const api = window.comfyAPI.api.api, id = String(nodes[0].id), text = nodes[0].freqca.stats.text;
+            const out = {};
+            api.dispatchCustomEvent('freqca.stats', {...nodes[0].freqca.stats,
+                                                     text: text + '; 2 calls fell back to full compute'});
+            out.note = w.view().note;
+            api.dispatchCustomEvent('freqca.stats', {node: id, text: 'FreqCa Accelerate: something else'});
+            out.unparsed = w.view();
+            api.dispatchCustomEvent('freqca.stats', {node: '9999', text: 'x', timeline: 'Fc'});
+            out.height = w.computeSize(nodes[0].size[0])[1];
+            return out;""")
         report["console"] = list(browser.console)
         return report
     finally:
@@ -277,5 +293,9 @@ def test_front_end_shows_freqca_feedback(comfy_server, tmp_path):
     assert any(t["nodeId"] == texts["node"] and t["text"].startswith("FreqCa Accelerate (freqca, interval 3)")
                for t in texts["texts"]), texts
     assert "$$node-text-preview" not in texts["widgets"], texts["widgets"]
+    synthetic = report["synthetic"]
+    assert synthetic["note"] == "2 calls fell back to full compute", synthetic
+    assert synthetic["unparsed"]["title"] == "last run" and "something else" in synthetic["unparsed"]["detail"]
+    assert synthetic["height"] > 0
     for name in ("example_workflow.png", "example_node.png", "testbed_after_run.png", "node_after_run.png"):
         assert (ARTIFACTS / name).stat().st_size > 5000, name
