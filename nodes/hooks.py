@@ -2,8 +2,10 @@
 
 - ``OUTER_SAMPLE`` wrapper: gives each sampling run a fresh ``RunState`` (its own controller and CRF cache)
   in ``transformer_options[RUN_KEY]`` and drops it when the run ends, however it ends.
-- ``DIFFUSION_MODEL`` wrapper: notes the token grid of the latent of the call in flight.
-- ``patches_replace["dit"]`` block patches: the first block plans the call (full or cached); at cached
+- ``DIFFUSION_MODEL`` wrapper (``APPLY_MODEL`` for families whose model calls none): notes the token layout
+  of the image of the call in flight.
+- ``patches_replace["dit"]`` block patches (or the same patches behind gated block lists, for families
+  without ``patches_replace``: see ``families.GatedBlocks``): the first block plans the call (full or cached); at cached
   calls every block returns its inputs unchanged and the last one writes the forecast CRF into the image
   rows, so only the embeddings and the final layer run, with the current timestep. At full calls the
   blocks run (through any patch that was there before ours) and the last one records the CRF.
@@ -22,7 +24,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..freqca_core import CacheController, CallPlan, FixedSchedule, TokenLayout, make_method
-from .families import BlockKey, DitFamily
+from .families import BlockKey, DitFamily, call_arguments
 
 log = logging.getLogger("freqca")
 
@@ -52,7 +54,8 @@ class FreqCaSettings:
         self.new_controller()  # raises ValueError naming a bad input
 
     def new_controller(self) -> CacheController:
-        method = make_method(self.method, cutoff=self.cutoff, hermite_scale=self.hermite_scale)
+        transform = self.family.transform if self.family is not None else "dct"
+        method = make_method(self.method, cutoff=self.cutoff, transform=transform, hermite_scale=self.hermite_scale)
         schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
         return CacheController(method, schedule)
 
@@ -64,7 +67,7 @@ class RunState:
         self.settings = settings
         self.controller = settings.new_controller()
         self.controller.start_run(sample_sigmas)
-        self.grid: tuple[int, ...] | None = None
+        self.layout: TokenLayout | None = None  # image tokens known from the latent of the call in flight
         self.plan: CallPlan | None = None
         self.n_img = 0
         self.started = time.perf_counter()
@@ -73,13 +76,11 @@ class RunState:
         """At the first block: plan the call from its sigma, streams, batch and image token count."""
         options = args["transformer_options"]
         img = args["img"]
-        self.n_img = img.shape[1]
-        grid_tokens = 1
-        for n in self.grid:
-            grid_tokens *= n
-        extra = self.n_img - grid_tokens
-        layout = TokenLayout.of(self.grid, extra) if extra > 0 else (
-            TokenLayout.grid(*self.grid) if extra == 0 else TokenLayout.grid(self.n_img))
+        known = self.layout
+        self.n_img = known.length if self.settings.family.n_img == "layout" else img.shape[1]
+        extra = self.n_img - known.length
+        layout = TokenLayout(known.segments + TokenLayout.of(extra).segments) if extra > 0 else (
+            known if extra == 0 else TokenLayout.grid(self.n_img))
         streams = options.get("uuids") or options.get("cond_or_uncond") or [0]
         sigma = float(options["sigmas"].flatten()[0])
         self.plan = self.controller.plan(sigma, streams, img.shape[0], layout)
@@ -91,11 +92,17 @@ class RunState:
         """The last block's output at a cached call: its input with the image rows set to the forecast."""
         img = args["img"]
         crf = self.plan.crf.to(device=img.device, dtype=img.dtype)
-        return {"img": torch.cat([img[:, : img.shape[1] - self.n_img], crf], dim=1)}
+        out = {"txt": args["txt"]} if "txt" in args else {}
+        if self.settings.family.image_rows == "first":
+            out["img"] = torch.cat([crf, img[:, self.n_img:]], dim=1)
+        else:
+            out["img"] = torch.cat([img[:, : img.shape[1] - self.n_img], crf], dim=1)
+        return out
 
     def record(self, out: dict) -> None:
         img = out["img"]
-        self.controller.record(self.plan, img[:, img.shape[1] - self.n_img:])
+        first = self.settings.family.image_rows == "first"
+        self.controller.record(self.plan, img[:, : self.n_img] if first else img[:, img.shape[1] - self.n_img:])
 
     def summary(self) -> str:
         stats = self.controller.stats
@@ -131,20 +138,24 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
 
 
 def _diffusion_model_wrapper(executor, *args, **kwargs):
-    """Note the token grid of this call's latent; the block patches act only while it is set."""
+    """Note the token layout of this call's image; the block patches act only while it is set."""
     options = args[-1] if isinstance(args[-1], dict) else kwargs.get("transformer_options", {})
     state: RunState | None = options.get(RUN_KEY)
     if state is None:
         return executor(*args, **kwargs)
+    family = state.settings.family
     try:
-        state.grid = state.settings.family.grid(args[0], executor.class_obj)
+        model = executor.class_obj
+        if family.wrapper == "apply_model":
+            model = model.diffusion_model
+        state.layout = family.layout(call_arguments(executor.original, args, kwargs), model)
     except Exception as exc:  # an unexpected input shape: run this call uncached
-        log.warning("FreqCa: cannot read the token grid (%r); running uncached", exc)
-        state.grid = None
+        log.warning("FreqCa: cannot read the token layout (%r); running uncached", exc)
+        state.layout = None
     try:
         return executor(*args, **kwargs)
     finally:
-        state.grid, state.plan = None, None
+        state.layout, state.plan = None, None
 
 
 def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | None) -> Callable:
@@ -155,7 +166,7 @@ def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | 
 
     def freqca_block(args: dict, extra: dict) -> dict:
         state: RunState | None = args.get("transformer_options", {}).get(RUN_KEY)
-        if state is None or state.grid is None:
+        if state is None or state.layout is None:
             return run_block(args, extra)
         if first:
             try:
@@ -189,15 +200,20 @@ def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
     # Applied twice: the newer settings replace ours, other packs' patches stay underneath.
     priors = previous.prior_patches if previous is not None else {k: dit_patches[k] for k in keys if k in dit_patches}
     settings = replace(settings, family=family, prior_patches=priors)
-    for i, key in enumerate(keys):
-        patch = _make_block_patch(key, i == 0, i == len(keys) - 1, priors.get(key))
-        patched.set_model_patch_replace(patch, "dit", key[0], key[1])
+    patches = {key: _make_block_patch(key, i == 0, i == len(keys) - 1, priors.get(key)) for i, key in enumerate(keys)}
+    if family.gates:  # no patches_replace in this model: gated block lists holding the same children
+        family.install_gates(patched, patches)
+    else:
+        for key, patch in patches.items():
+            patched.set_model_patch_replace(patch, "dit", key[0], key[1])
     # set_model_patch_replace replaces the transformer_options dict: write our settings into the new one
-    patched.model_options["transformer_options"][SETTINGS_KEY] = settings
-    for wrapper_type, wrapper in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, _outer_sample_wrapper),
-                                  (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, _diffusion_model_wrapper)):
+    patched.model_options.setdefault("transformer_options", {})[SETTINGS_KEY] = settings
+    wrappers = comfy.patcher_extension.WrappersMP
+    layout_wrapper = wrappers.APPLY_MODEL if family.wrapper == "apply_model" else wrappers.DIFFUSION_MODEL
+    for wrapper_type in (wrappers.OUTER_SAMPLE, wrappers.DIFFUSION_MODEL, wrappers.APPLY_MODEL):
         patched.remove_wrappers_with_key(wrapper_type, WRAPPER_KEY)
-        patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, wrapper)
+    patched.add_wrapper_with_key(wrappers.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
+    patched.add_wrapper_with_key(layout_wrapper, WRAPPER_KEY, _diffusion_model_wrapper)
     return patched
 
 
