@@ -18,7 +18,7 @@ fraction, wall speedup and its ratio to the ideal ``steps / full_steps``. Timing
 are ``null``.
 
 Default (no flag): the full testbed run (50 steps, 4 seeds, N = 3, 4, 6, 9); ``--quick``: 28 steps,
-2 seeds, N = 3, 6, 9 (under a minute on 2 CPU cores). Outputs go to ``--out`` (default ``bench_out/``):
+2 seeds, N = 3 and 6, one timing round (under a minute on 2 CPU cores). Outputs go to ``--out`` (default ``bench_out/``):
 ``results.json``, ``table.md``, ``grid.png``, ``pareto.png``; the table is printed.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .baselines import AdaptiveOutputCache, BudgetExceeded, calibrate_threshold
 from .controller import CacheController
 from .methods import make_method
 from .metrics import fidelity
-from .runner import flops_per_sample, generate, median_call_seconds, randomize, run_cost
+from .runner import Generation, Sampling, flops_per_sample, generate, median_call_seconds, randomize, run_cost
 from .schedule import FixedSchedule
 
 WARMUP = 3
@@ -138,10 +138,13 @@ def calibrate_adaptive(model, table, spec: Spec, budgets: list[int], progress: P
 
 
 # ------------------------------------------------------------------------------------------- running
-def measure_flops(model, table, method_name: str, prompt: int, seed: int, spec: Spec,
-                  size: tuple[int, int], guidance: float | None) -> tuple[float, float]:
-    """FLOPs of one full and one cached call for one sample (CFG streams included), counted on a
-    short run of the configuration's method (per-call cost does not depend on the schedule)."""
+def measure_flops(model, table, method_name: str, prompt: int, seed: int, spec: Spec, size: tuple[int, int],
+                  guidance: float | None, full_flops: float | None = None) -> tuple[float, float]:
+    """FLOPs of one full and one cached call for one sample (CFG streams included).
+
+    A full call is the model's forward (+ an uncounted CRF copy), the same for every method, so it is
+    counted once (``method_name == "none"``) and passed in as ``full_flops``; a cached call is counted
+    on a short run of the method whose first steps run uncounted."""
     if method_name == "none":
         method, steps = None, 1
     elif method_name == "adaptive":
@@ -149,40 +152,52 @@ def measure_flops(model, table, method_name: str, prompt: int, seed: int, spec: 
     else:
         method = CacheController(make_method(method_name, order=2), FixedSchedule(warmup=1, interval=1000))
         steps = 2
-    g = generate(model, [prompt], [seed], steps, spec.cfg, method, table=table, shift=spec.shift, size=size,
-                 guidance=guidance, count_flops=True)
-    return flops_per_sample(g.call_flops, 1)
+    run = Sampling(model, [prompt], [seed], steps, spec.cfg, method, table=table, shift=spec.shift, size=size,
+                   guidance=guidance)
+    while run.i < steps - 1:
+        run.step()
+    run.count_flops = True  # only the last step: the full call for "none", a cached call otherwise
+    full, cached = flops_per_sample(run.finish().call_flops, 1)
+    return (full, cached) if method_name == "none" else (float(full_flops), cached)
 
 
 def run_configs(model, table, spec: Spec, configs: list[Config], progress: Progress, *, size: tuple[int, int],
                 seeds: list[int], prompts: list[int], guidance: float | None = None,
                 fidelity_metrics: bool = True) -> tuple[list[dict], list[torch.Tensor]]:
-    """Run every configuration ``spec.repeats`` times (interleaved rounds; min wall and CPU time kept).
+    """Run every configuration ``spec.repeats`` times: each round advances all runs in lockstep (step ``i``
+    of every configuration before step ``i + 1`` of any, in rotating order), so load changes on a shared
+    machine affect them alike; the minimum wall and CPU time over rounds is kept.
 
     Returns the JSON rows and each run's images (same order). ``nfe_ratio`` = full steps / steps;
     ``block_fraction`` = block executions / those of the uncached run."""
-    call = lambda method: generate(model, prompts, seeds, spec.steps, spec.cfg, method,  # noqa: E731
-                                   table=table, shift=spec.shift, size=size, guidance=guidance)
+    def start(method: Any) -> Sampling:
+        return Sampling(model, prompts, seeds, spec.steps, spec.cfg, method, table=table, shift=spec.shift,
+                        size=size, guidance=guidance)
+
     generate(model, prompts[:1], seeds[:1], 2, spec.cfg, None, table=table, shift=spec.shift, size=size,
              guidance=guidance)  # warm-up (allocator, kernels)
-    results = {}
+    results: list[Generation] = []
     for r in range(spec.repeats):
-        for i, config in enumerate(configs):
-            label = report.run_label({"method": config.method, "params": config.params})
-            progress(f"round {r + 1}/{spec.repeats}  run {i + 1}/{len(configs)}: {label}")
-            g = call(config.make())
-            if r == 0:
-                results[i] = g
-            else:
-                results[i].wall_s = min(results[i].wall_s, g.wall_s)
-                results[i].cpu_s = min(results[i].cpu_s, g.cpu_s)
-                results[i].call_times += g.call_times
+        progress(f"timing round {r + 1}/{spec.repeats}: {len(configs)} runs of {spec.steps} steps in lockstep")
+        runs = [start(config.make()) for config in configs]
+        for step in range(spec.steps):
+            for k in range(len(runs)):  # rotate who goes first, so no configuration always follows another
+                runs[(step + k) % len(runs)].step()
+            if (step + 1) % max(1, spec.steps // 4) == 0 and step + 1 < spec.steps:
+                progress(f"  step {step + 1}/{spec.steps}")
+        done = [run.finish() for run in runs]
+        if r == 0:
+            results = done
+        else:
+            for best, g in zip(results, done):
+                best.wall_s, best.cpu_s = min(best.wall_s, g.wall_s), min(best.cpu_s, g.cpu_s)
+                best.call_times += g.call_times
     progress("counting FLOPs")
-    per_call = {}
+    per_call = {"none": measure_flops(model, table, "none", prompts[0], seeds[0], spec, size, guidance)}
     for config in configs:
         if config.method not in per_call:
             per_call[config.method] = measure_flops(model, table, config.method, prompts[0], seeds[0], spec, size,
-                                                    guidance)
+                                                    guidance, full_flops=per_call["none"][0])
     ref = results[0]
     ref_flops = run_cost(ref.stats.full_calls, ref.stats.cached_calls, per_call["none"])
     ref_call_s = run_cost(ref.stats.full_calls, ref.stats.cached_calls, median_call_seconds(ref.call_times))
@@ -286,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m freqca_core.bench", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="28 steps, 2 seeds, N = 3, 6, 9, one timing round (under a minute)")
+                   help="28 steps, 2 seeds, N = 3 and 6, one timing round (under a minute)")
     p.add_argument("--steps", type=int, help="sampler steps (default 50; --quick 28)")
     p.add_argument("--seeds", type=int, help="held-out seeds (default 4; --quick 2; flux-timing 1)")
     p.add_argument("--intervals", type=str, help="comma-separated full-step intervals (default 3,4,6,9)")
@@ -304,7 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def spec_from_args(args: argparse.Namespace) -> Spec:
     spec = Spec(model=args.model)
     if args.quick:
-        spec.steps, spec.seeds, spec.intervals, spec.repeats, spec.calib_iters = 28, 2, (3, 6, 9), 1, 8
+        spec.steps, spec.seeds, spec.intervals, spec.repeats, spec.calib_iters = 28, 2, (3, 6), 1, 8
     if args.model == "flux-timing":
         spec.seeds = 1
     if args.steps is not None:

@@ -123,6 +123,93 @@ def conditioning(table: nn.Module, prompts: Sequence[int], cfg: float) -> tuple[
     return table(ids)
 
 
+class Sampling:
+    """One sampling run (Euler + CFG with the testbed sampler), advanced one step at a time.
+
+    ``generate`` runs it to the end; the benchmark advances several runs in lockstep (step ``i`` of every
+    configuration before step ``i + 1`` of any) so that changing load on a shared machine hits them alike.
+    Use one ``Sampling`` at a time per step: they share the model (block hooks are attached per step).
+    Each step is ``euler_sample`` over ``sigmas[i:i + 2]``: the same arithmetic as one uninterrupted call.
+    Wall and CPU time, block executions and (optionally) FLOPs are counted per step, for this run only.
+    """
+
+    def __init__(self, model: nn.Module, prompts: Sequence[int], seeds: Sequence[int], steps: int, cfg: float,
+                 method: Any = None, *, table: nn.Module, shift: float = 2.0, size: tuple[int, int] = (32, 32),
+                 guidance: float | None = None, count_flops: bool = False, dtype: torch.dtype | None = None):
+        from .testbed.sampling import flux_sigmas, seeded_noise
+
+        if len(prompts) != len(seeds):
+            raise ValueError("one prompt per seed")
+        self.model, self.method, self.cfg, self.count_flops = model, method, float(cfg), count_flops
+        channels = getattr(getattr(model, "config", None), "in_channels", 3)
+        dtype = dtype or next(model.parameters()).dtype
+        self.streams = streams_for(cfg)
+        self.sigmas = flux_sigmas(steps, shift)
+        self.steps = steps
+        self.x = seeded_noise(seeds, size, channels).to(dtype)
+        context, y = conditioning(table, prompts, cfg)
+        self.context, self.y = context.to(dtype), y.to(dtype)
+        self.batch = len(self.streams) * len(seeds)
+        self.guidance = None if guidance is None else torch.full((self.batch,), float(guidance), dtype=dtype)
+        self.counter = BlockCounter(model)
+        self.call_flops: list[tuple[bool, int]] = []
+        self.call_times: list[tuple[bool, float]] = []
+        self.wall_s = self.cpu_s = 0.0
+        self.i = 0
+        self.stats = RunStats(n_steps=steps)
+        if method is not None:
+            method.start_run(self.sigmas)
+
+    @property
+    def done(self) -> bool:
+        return self.i >= self.steps
+
+    def _model_call(self, x: Tensor, sigma: float) -> Tensor:
+        model, method = self.model, self.method
+        if method is None:
+            out = model(x, _sigma_tensor(sigma, self.batch, x), self.context, self.y, self.guidance)
+            self.stats.full_calls += 1
+            self.stats.steps[len(self.stats.steps)] = "full"
+            return out
+        if isinstance(method, CacheController):
+            return cached_velocity(model, method, x, sigma, self.context, self.y, self.streams, self.guidance)
+        return method(x, sigma, lambda: model(x, _sigma_tensor(sigma, self.batch, x), self.context, self.y,
+                                              self.guidance))
+
+    def _velocity(self, x: Tensor, sigma: float) -> Tensor:
+        x_in = torch.cat([x] * len(self.streams))
+        before, start = self.counter.count, time.perf_counter()
+        if self.count_flops:
+            with flop_counter() as mode:
+                out = self._model_call(x_in, sigma)
+            self.call_flops.append((self.counter.count > before, mode.get_total_flops()))
+        else:
+            out = self._model_call(x_in, sigma)
+        self.call_times.append((self.counter.count > before, time.perf_counter() - start))
+        if len(self.streams) == 1:
+            return out
+        v_uncond, v_cond = out.chunk(2)
+        return v_uncond + self.cfg * (v_cond - v_uncond)
+
+    def step(self) -> None:
+        from .testbed.sampling import euler_sample
+
+        with torch.inference_mode(), self.counter:
+            t_cpu, t_wall = time.process_time(), time.perf_counter()
+            self.x = euler_sample(self._velocity, self.x, self.sigmas[self.i:self.i + 2])
+            self.wall_s += time.perf_counter() - t_wall
+            self.cpu_s += time.process_time() - t_cpu
+        self.i += 1
+
+    def finish(self) -> Generation:
+        while not self.done:
+            self.step()
+        stats = self.method.end_run() if self.method is not None else self.stats
+        return Generation(images=self.x.float(), stats=stats, wall_s=self.wall_s, cpu_s=self.cpu_s,
+                          block_calls=self.counter.count, n_blocks=self.counter.n_blocks, model_calls=self.steps,
+                          call_flops=self.call_flops, call_times=self.call_times)
+
+
 def generate(model: nn.Module, prompts: Sequence[int], seeds: Sequence[int], steps: int, cfg: float,
              method: Any = None, *, table: nn.Module, shift: float = 2.0, size: tuple[int, int] = (32, 32),
              guidance: float | None = None, count_flops: bool = False,
@@ -132,63 +219,8 @@ def generate(model: nn.Module, prompts: Sequence[int], seeds: Sequence[int], ste
     ``count_flops`` counts each model call's FLOPs (``flop_counter``) into ``Generation.call_flops``;
     it slows the run, so time with it off.
     """
-    from .testbed.sampling import euler_sample, flux_sigmas, seeded_noise
-
-    if len(prompts) != len(seeds):
-        raise ValueError("one prompt per seed")
-    channels = getattr(getattr(model, "config", None), "in_channels", 3)
-    dtype = dtype or next(model.parameters()).dtype
-    streams = streams_for(cfg)
-    sigmas = flux_sigmas(steps, shift)
-    noise = seeded_noise(seeds, size, channels).to(dtype)
-    context, y = conditioning(table, prompts, cfg)
-    context, y = context.to(dtype), y.to(dtype)
-    batch = len(streams) * len(seeds)
-    g = None if guidance is None else torch.full((batch,), float(guidance), dtype=dtype)
-    calls: list[tuple[bool, int]] = []
-    times: list[tuple[bool, float]] = []
-    counter = BlockCounter(model)
-
-    if method is not None:
-        method.start_run(sigmas)
-    stats = RunStats(n_steps=steps)
-
-    def model_call(x_in: Tensor, sigma: float) -> Tensor:
-        if method is None:
-            out = model(x_in, _sigma_tensor(sigma, batch, x_in), context, y, g)
-            stats.full_calls += 1
-            stats.steps[len(stats.steps)] = "full"
-            return out
-        if isinstance(method, CacheController):
-            return cached_velocity(model, method, x_in, sigma, context, y, streams, g)
-        return method(x_in, sigma, lambda: model(x_in, _sigma_tensor(sigma, batch, x_in), context, y, g))
-
-    def counted_call(x_in: Tensor, sigma: float) -> Tensor:
-        before, start = counter.count, time.perf_counter()
-        if not count_flops:
-            out = model_call(x_in, sigma)
-        else:
-            with flop_counter() as mode:
-                out = model_call(x_in, sigma)
-            calls.append((counter.count > before, mode.get_total_flops()))
-        times.append((counter.count > before, time.perf_counter() - start))
-        return out
-
-    def velocity(x: Tensor, sigma: float) -> Tensor:
-        out = counted_call(torch.cat([x] * len(streams)), sigma)
-        if len(streams) == 1:
-            return out
-        v_uncond, v_cond = out.chunk(2)
-        return v_uncond + cfg * (v_cond - v_uncond)
-
-    with torch.inference_mode(), counter:
-        t_cpu, t_wall = time.process_time(), time.perf_counter()
-        images = euler_sample(velocity, noise, sigmas)
-        wall, cpu = time.perf_counter() - t_wall, time.process_time() - t_cpu
-    if method is not None:
-        stats = method.end_run()
-    return Generation(images=images.float(), stats=stats, wall_s=wall, cpu_s=cpu, block_calls=counter.count,
-                      n_blocks=counter.n_blocks, model_calls=steps, call_flops=calls, call_times=times)
+    return Sampling(model, prompts, seeds, steps, cfg, method, table=table, shift=shift, size=size,
+                    guidance=guidance, count_flops=count_flops, dtype=dtype).finish()
 
 
 def flops_per_sample(call_flops: Sequence[tuple[bool, int]], n_samples: int) -> tuple[float, float]:

@@ -188,3 +188,43 @@ def test_table_marks_best_psnr_per_budget_even_for_a_baseline():
     assert bold[0].startswith("| reuse") and "**31.00**" in bold[0]  # the over-budget run is not eligible
     assert bold[1].startswith("| FreqCa") and "**25.00**" in bold[1]
     assert any("11 †" in line for line in lines)
+
+
+def test_stepwise_sampling_matches_the_testbed_sampler(setup):
+    from freqca_core.runner import Sampling
+    from freqca_core.testbed.sampling import euler_sample, flux_sigmas, seeded_noise
+    model, table = setup
+    ctx, y = table([table.null_id, table.null_id, 0, 5])
+
+    def velocity(x, sigma):
+        v_uncond, v_cond = model(torch.cat([x, x]), torch.full((4,), sigma), ctx, y).chunk(2)
+        return v_uncond + 3.0 * (v_cond - v_uncond)
+
+    with torch.inference_mode():
+        expected = euler_sample(velocity, seeded_noise([11, 12], (16, 16)), flux_sigmas(6, 2.0))
+    assert torch.equal(run(setup, None, steps=6).images, expected)
+    # two runs advanced in turns give the same images and counts as run one after the other
+    a = Sampling(model, [0, 5], [11, 12], 6, 3.0, None, table=table, size=(16, 16))
+    b = Sampling(model, [0, 5], [11, 12], 6, 3.0, freqca(2), table=table, size=(16, 16))
+    for _ in range(6):
+        a.step()
+        b.step()
+    ga, gb = a.finish(), b.finish()
+    alone = run(setup, freqca(2), steps=6)
+    assert torch.equal(ga.images, expected) and torch.equal(gb.images, alone.images)
+    assert gb.block_calls == alone.block_calls == gb.full_steps * gb.n_blocks and ga.block_calls == 6 * ga.n_blocks
+
+
+def test_measured_call_flops_match_a_fully_counted_run(setup):
+    model, table = setup
+    spec = bench.Spec(steps=8, seeds=1)
+    none = bench.measure_flops(model, table, "none", 0, 11, spec, (16, 16), None)
+    assert none[0] > 0 and none[1] == 0.0
+    for name, method in (("freqca", freqca(3)), ("taylor", CacheController(make_method("taylor", order=2),
+                                                                           FixedSchedule(3, 3)))):
+        per_call = bench.measure_flops(model, table, name, 0, 11, spec, (16, 16), None, full_flops=none[0])
+        g = generate(model, [0], [11], 8, 3.0, method, table=table, size=(16, 16), count_flops=True)
+        assert run_cost(g.stats.full_calls, g.stats.cached_calls, per_call) == pytest.approx(
+            sum(f for _, f in g.call_flops))
+    assert bench.measure_flops(model, table, "adaptive", 0, 11, spec, (16, 16), None, full_flops=none[0]) == (
+        none[0], 0.0)
