@@ -473,3 +473,167 @@ def model_fingerprint(model) -> Fingerprint:
 def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean |a - b| relative to mean |b|."""
     return float((a - b).abs().mean() / b.abs().mean())
+
+
+# ------------------------------------------------------------------------ more DiT families (tiny, random)
+
+
+def _build_model(config_class, unet_config: dict, dtype: torch.dtype, seed: int, init: WeightInit | None):
+    """``config_class(unet_config)`` at ``dtype``, its model with :func:`init_weights`, in a CPU ModelPatcher."""
+    model_config = config_class(unet_config)
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({})
+    init_weights(model.diffusion_model, seed, init or WeightInit())
+    with torch.no_grad():  # norm scales named "weight" (LayerNorm, RMSNorm) at 1, as init_weights does for "scale"
+        for module in model.diffusion_model.modules():
+            weight = getattr(module, "weight", None)
+            if "norm" in type(module).__name__.lower() and isinstance(weight, torch.nn.Parameter) and weight.ndim == 1:
+                weight.fill_(1.0)
+    return _patcher(model)
+
+
+def build_qwen_image(seed: int = 0, *, heads: int = 4, head_dim: int = 16, layers: int = 3, context_dim: int = 32,
+                     dtype: torch.dtype = torch.float32, init: WeightInit | None = None, **unet_config: Any):
+    """A tiny random-weight Qwen-Image (``comfy.supported_models.QwenImage``); latents are ``[B, 16, 1, H, W]``.
+
+    The same model serves Qwen-Image-Edit: reference latents come through the conditioning
+    (:func:`add_reference_latent`), 5-D like the latent.
+    """
+    import comfy.supported_models
+
+    config = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=layers,
+                  attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=context_dim,
+                  axes_dims_rope=tuple(axes_dim_for(head_dim)))
+    config.update(unet_config)
+    return _build_model(comfy.supported_models.QwenImage, config, dtype, seed, init)
+
+
+_WAN_CONFIGS = {"t2v": "WAN21_T2V", "camera": "WAN21_Camera", "humo": "WAN21_HuMo", "vace": "WAN21_Vace",
+                "s2v": "WAN22_S2V", "animate": "WAN22_Animate"}
+
+
+def build_wan(seed: int = 0, *, variant: str = "t2v", dim: int = 64, heads: int = 4, layers: int = 3,
+              context_dim: int = 32, dtype: torch.dtype = torch.float32, init: WeightInit | None = None,
+              **unet_config: Any):
+    """A tiny random-weight Wan 2.1 (``comfy.supported_models.WAN21_T2V`` or the ``variant``'s config class:
+    ``t2v``, ``camera``, ``humo``, ``vace``, ``s2v``, ``animate``); latents are ``[B, 16, T, H, W]``.
+
+    ``in_dim_ref_conv=16`` gives the reference-image embedding of Wan 2.1 Fun 1.1 (reference latents come
+    through the conditioning, 5-D; the model uses the first frame of the last one).
+    """
+    import comfy.supported_models
+
+    config = dict(image_model="wan2.1", model_type=variant, patch_size=(1, 2, 2), in_dim=16, dim=dim,
+                  ffn_dim=2 * dim, freq_dim=32, text_dim=context_dim, out_dim=16, num_heads=heads, num_layers=layers)
+    if variant == "camera":
+        config.update(in_dim=32, in_dim_control_adapter=24)
+    if variant == "vace":
+        config.update(vace_layers=1, vace_in_dim=96)
+    config.update(unet_config)
+    return _build_model(getattr(comfy.supported_models, _WAN_CONFIGS[variant]), config, dtype, seed, init)
+
+
+def build_hunyuan_video(seed: int = 0, *, hidden: int = 64, heads: int = 4, depth: int = 2, depth_single: int = 2,
+                        context_dim: int = 32, vec_dim: int = 32, patch_size: Sequence[int] = (1, 2, 2),
+                        dtype: torch.dtype = torch.float32, init: WeightInit | None = None, **unet_config: Any):
+    """A tiny random-weight HunyuanVideo (``comfy.supported_models.HunyuanVideo``); latents ``[B, 16, T, H, W]``
+    with H, W multiples of the patch. Its text rows come after the image rows in the single-stream blocks."""
+    import comfy.supported_models
+
+    head_dim = hidden // heads
+    config = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=vec_dim,
+                  context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth,
+                  depth_single_blocks=depth_single, axes_dim=axes_dim_for(head_dim), theta=256,
+                  patch_size=list(patch_size), qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False)
+    config.update(unet_config)
+    return _build_model(comfy.supported_models.HunyuanVideo, config, dtype, seed, init)
+
+
+def build_hunyuan_image(seed: int = 0, *, hidden: int = 64, heads: int = 4, depth: int = 2, depth_single: int = 2,
+                        context_dim: int = 32, patch_size: Sequence[int] = (1, 1), dtype: torch.dtype = torch.float32,
+                        init: WeightInit | None = None, **unet_config: Any):
+    """A tiny random-weight HunyuanImage 2.1 (``comfy.supported_models.HunyuanImage21``: the HunyuanVideo class
+    with a 2-D patch, 64-channel ``[B, 64, H, W]`` latents, no pooled vector)."""
+    import comfy.supported_models
+
+    config = dict(image_model="hunyuan_video", in_channels=64, out_channels=64, vec_in_dim=None,
+                  context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth,
+                  depth_single_blocks=depth_single, axes_dim=[hidden // heads // 2] * 2, theta=256,
+                  patch_size=list(patch_size), qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False)
+    config.update(unet_config)
+    return _build_model(comfy.supported_models.HunyuanImage21, config, dtype, seed, init)
+
+
+def build_sd3(seed: int = 0, *, depth: int = 2, context_dim: int = 32, pooled_dim: int = 32,
+              dtype: torch.dtype = torch.float32, init: WeightInit | None = None, **unet_config: Any):
+    """A tiny random-weight SD3 MMDiT (``comfy.supported_models.SD3``); hidden width is 64 x ``depth``."""
+    import comfy.supported_models
+
+    config = dict(in_channels=16, patch_size=2, depth=depth, adm_in_channels=pooled_dim,
+                  context_embedder_config={"target": "torch.nn.Linear",
+                                           "params": {"in_features": context_dim, "out_features": 64 * depth}},
+                  pos_embed_scaling_factor=None)
+    config.update(unet_config)
+    return _build_model(comfy.supported_models.SD3, config, dtype, seed, init)
+
+
+def build_lumina2(seed: int = 0, *, dim: int = 64, heads: int = 4, layers: int = 3, refiner_layers: int = 1,
+                  context_dim: int = 32, dtype: torch.dtype = torch.float32, init: WeightInit | None = None,
+                  **unet_config: Any):
+    """A tiny random-weight Lumina 2 NextDiT (``comfy.supported_models.Lumina2``); use
+    :func:`lumina2_conditioning` (the model needs the caption's attention mask)."""
+    import comfy.supported_models
+
+    config = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=dim, n_layers=layers,
+                  n_refiner_layers=refiner_layers, n_heads=heads, n_kv_heads=heads, multiple_of=16,
+                  ffn_dim_multiplier=None, norm_eps=1e-5, qk_norm=True, cap_feat_dim=context_dim,
+                  axes_dims=axes_dim_for(dim // heads), axes_lens=[256, 256, 256])
+    config.update(unet_config)
+    return _build_model(comfy.supported_models.Lumina2, config, dtype, seed, init)
+
+
+def build_hidream(seed: int = 0, *, heads: int = 4, head_dim: int = 16, double: int = 2, single: int = 2,
+                  t5_dim: int = 32, llama_dim: int = 24, pooled_dim: int = 32, experts: int = 4,
+                  dtype: torch.dtype = torch.float32, init: WeightInit | None = None, **unet_config: Any):
+    """A tiny random-weight HiDream (``comfy.supported_models.HiDream``, MoE feed-forward); use
+    :func:`hidream_conditioning` with the same widths."""
+    import comfy.supported_models
+
+    config = dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16, num_layers=double,
+                  num_single_layers=single, attention_head_dim=head_dim, num_attention_heads=heads,
+                  caption_channels=[t5_dim, llama_dim], text_emb_dim=pooled_dim, num_routed_experts=experts,
+                  num_activated_experts=2, axes_dims_rope=tuple(axes_dim_for(head_dim)), max_resolution=(128, 128),
+                  llama_layers=list(range(double + single)))
+    config.update(unet_config)
+    return _build_model(comfy.supported_models.HiDream, config, dtype, seed, init)
+
+
+def text_conditioning(batch: int = 1, tokens: int = 8, seed: int = 0, *, width: int = 32,
+                      pooled_width: int | None = None, **values: Any) -> tuple[list, list]:
+    """Positive and negative ``[[context (batch, tokens, width), {...}]]`` with random contexts, a random
+    ``pooled_output`` when ``pooled_width`` is given, and ``values`` set on both."""
+    generator = torch.Generator().manual_seed(seed)
+    conds = []
+    for _ in range(2):
+        extra = dict(values)
+        context = torch.randn(batch, tokens, width, generator=generator)
+        if pooled_width is not None:
+            extra["pooled_output"] = torch.randn(batch, pooled_width, generator=generator)
+        conds.append([[context, extra]])
+    return conds[0], conds[1]
+
+
+def lumina2_conditioning(batch: int = 1, tokens: int = 8, seed: int = 0, *, width: int = 32) -> tuple[list, list]:
+    """Lumina 2 conditioning: context plus the caption's integer ``attention_mask`` (all tokens valid)."""
+    return text_conditioning(batch, tokens, seed, width=width,
+                             attention_mask=torch.ones(batch, tokens, dtype=torch.long))
+
+
+def hidream_conditioning(batch: int = 1, tokens: int = 8, seed: int = 0, *, t5_dim: int = 32, llama_dim: int = 24,
+                         llama_layers: int = 4, pooled_dim: int = 32) -> tuple[list, list]:
+    """HiDream conditioning: T5 context, pooled CLIP vector and ``conditioning_llama3`` ``[B, layers, L, D]``."""
+    positive, negative = text_conditioning(batch, tokens, seed, width=t5_dim, pooled_width=pooled_dim)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for cond in (positive, negative):
+        cond[0][1]["conditioning_llama3"] = torch.randn(batch, llama_layers, tokens, llama_dim, generator=generator)
+    return positive, negative

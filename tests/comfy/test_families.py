@@ -1,0 +1,264 @@
+"""FreqCa Accelerate on every hookable DiT family of ComfyUI v0.3.64 beyond Flux: Qwen-Image (-Edit), Wan 2.1/2.2,
+HunyuanVideo, SD3, Lumina 2 and HiDream — tiny random-weight models built with ComfyUI's own classes and sampled
+by ComfyUI's sampling code (real ComfyUI, CPU).
+
+For each family: the transformer blocks execute only at full steps, interval 1 is exactly the uncached model,
+and the cached output stays close to the uncached one (relative L1 printed and bounded). Video models run a
+few frames at odd sizes; edit models a reference latent of another size than the output.
+
+The default random init is weak (the residual path dominates), so closeness alone says little about whether the
+cache handles the right rows; :func:`test_cached_call_restores_the_crf_exactly` does, on models whose blocks
+matter (``harness.STRONG``): a cached call fed the CRF of an identical full call must give exactly its output.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+
+import harness as H
+
+STEPS = 8
+INTERVAL, WARMUP = 3, 2
+MAX_REL_L1 = 0.1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is much faster than two on a shared 2-core machine (no OpenMP waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def accelerate(model, **inputs):
+    """Run the node's execute() as ComfyUI would and return the patched model."""
+    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
+
+    params = dict(method="freqca", interval=INTERVAL, warmup_steps=WARMUP, final_full_steps=0, cutoff=0.1,
+                  hermite_scale=0.71, start_percent=0.0, end_percent=1.0, verbose=False)
+    params.update(inputs)
+    return FreqCaAccelerate.execute(model, **params).result[0]
+
+
+def full_steps(steps: int = STEPS) -> int:
+    from comfyui_freqca.freqca_core import FixedSchedule
+
+    return len(FixedSchedule(WARMUP, INTERVAL).full_steps(steps))
+
+
+@dataclass
+class Case:
+    build: Callable  # seed, init -> ModelPatcher
+    conditioning: Callable  # -> (positive, negative)
+    shape: tuple
+    blocks: int  # blocks per full model call
+
+
+def _with(conditioning: Callable, **values) -> Callable:
+    """``conditioning`` with ``values`` set on positive and negative (tensors: what the nodes would set)."""
+    return lambda: tuple([[c[0][0], dict(c[0][1], **values)]] for c in conditioning())
+
+
+def _reference(conditioning: Callable, latent: torch.Tensor) -> Callable:
+    return lambda: tuple(H.add_reference_latent(c, latent) for c in conditioning())
+
+
+def _latent(*shape: int, seed: int = 5) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+_TEXT = lambda: H.text_conditioning(seed=2)  # noqa: E731
+_POOLED = lambda: H.text_conditioning(seed=2, pooled_width=32)  # noqa: E731
+CASES = {
+    "qwen_image": Case(H.build_qwen_image, _TEXT, (1, 16, 1, 22, 18), 3),
+    "wan": Case(H.build_wan, _TEXT, (1, 16, 3, 13, 11), 3),
+    "hunyuan_video": Case(H.build_hunyuan_video, _POOLED, (1, 16, 3, 10, 14), 4),
+    "hunyuan_image_2_1": Case(H.build_hunyuan_image, _TEXT, (1, 64, 9, 7), 4),  # same class, 2-D patch
+    "sd3": Case(H.build_sd3, _POOLED, (1, 16, 21, 15), 2),
+    "lumina2": Case(H.build_lumina2, lambda: H.lumina2_conditioning(seed=2), (1, 16, 21, 15), 3),
+    "hidream": Case(H.build_hidream, lambda: H.hidream_conditioning(seed=2), (1, 16, 20, 14), 4),
+}
+REFERENCE_CASES = {
+    # Qwen-Image-Edit: reference rows after the image rows, another size than the output
+    "qwen_image_edit": Case(H.build_qwen_image, _reference(_TEXT, _latent(1, 16, 1, 14, 20)), (1, 16, 1, 22, 18), 3),
+    # Wan 2.1 Fun 1.1 ref_conv: reference-image rows before the video rows (same H x W: ComfyUI's RoPE for them
+    # assumes the latent's size)
+    "wan_reference": Case(lambda seed, init=None: H.build_wan(seed, init=init, in_dim_ref_conv=16),
+                          _reference(_TEXT, _latent(1, 16, 1, 12, 10)), (1, 16, 2, 12, 10), 3),
+    # HunyuanVideo ref_latent: rows before the video rows, image rows first, text after them in single blocks
+    "hunyuan_video_reference": Case(H.build_hunyuan_video, _with(_POOLED, ref_latent=_latent(1, 16, 1, 6, 8)),
+                                    (1, 16, 3, 10, 14), 4),
+    # HiDream-E1: the condition image joined along the width
+    "hidream_e1": Case(H.build_hidream, _with(lambda: H.hidream_conditioning(seed=2),
+                                              concat_latent_image=_latent(1, 16, 20, 14)), (1, 16, 20, 14), 4),
+}
+
+
+def check_family(model, case: Case, conds, label: str, **kwargs) -> torch.Tensor:
+    """Uncached vs cached vs interval 1 on ``model``; returns the uncached output."""
+    with H.count_block_calls(model) as calls:
+        reference = H.sample(model, *conds, steps=STEPS, shape=case.shape, **kwargs)
+    assert calls.total == STEPS * case.blocks
+    with H.count_block_calls(model) as calls:
+        out = H.sample(accelerate(model), *conds, steps=STEPS, shape=case.shape, **kwargs)
+    assert calls.total == full_steps() * case.blocks, "blocks must run at full steps only"
+    assert out.shape == reference.shape and torch.isfinite(out).all()
+    error = H.rel_l1(out, reference)
+    print(f"{label}: {calls.total}/{STEPS * case.blocks} block runs, relative L1 vs uncached {error:.4f}")
+    assert 0 < error < MAX_REL_L1
+    assert torch.equal(H.sample(accelerate(model, interval=1), *conds, steps=STEPS, shape=case.shape, **kwargs),
+                       reference)
+    return reference
+
+
+@pytest.mark.parametrize("name", list(CASES) + list(REFERENCE_CASES))
+def test_family(pack, comfyui, name):
+    case = {**CASES, **REFERENCE_CASES}[name]
+    check_family(case.build(seed=1), case, case.conditioning(), name)
+
+
+def test_cfg_batches_cond_and_uncond(pack, comfyui):
+    """SD3 (APPLY_MODEL wrapper) and Lumina 2 (gated layers) with cond and uncond in one batch."""
+    for name in ("sd3", "lumina2"):
+        case = CASES[name]
+        check_family(case.build(seed=1), case, case.conditioning(), f"{name} cfg 3", cfg=3.0)
+
+
+class FirstCallFullThenCached:
+    """A schedule for the test below: the first model call is full, every later one cached."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def is_full(self, step: int, n_steps: int | None) -> bool:
+        self.calls += 1
+        return self.calls == 1
+
+
+def model_outputs(model, conds, sigmas: torch.Tensor, shape: tuple) -> list[torch.Tensor]:
+    """The diffusion model's output at every call of an euler run over ``sigmas`` (ComfyUI's sample_custom)."""
+    import comfy.sample
+    import comfy.samplers
+
+    outputs = []
+    handle = model.get_model_object("diffusion_model").register_forward_hook(
+        lambda _module, _args, out: outputs.append(out.detach().clone()))
+    try:
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object("euler"), sigmas, *conds,
+                                   torch.zeros(shape), disable_pbar=True, seed=0)
+    finally:
+        handle.remove()
+    return outputs
+
+
+@pytest.mark.parametrize("name", list(CASES) + list(REFERENCE_CASES))
+def test_cached_call_restores_the_crf_exactly(pack, comfyui, name):
+    """Two calls with identical inputs (sigmas [s, s, 0]: euler does not move x): the first full, the second
+    cached with method reuse. The cached call skips every block and writes the first call's CRF back into the
+    image rows, so its output must equal the uncached output bit for bit; any wrong row (text, reference,
+    padding, an offset) breaks this on a model whose blocks matter."""
+    from comfyui_freqca.nodes.hooks import SETTINGS_KEY
+
+    case = {**CASES, **REFERENCE_CASES}[name]
+    model, conds = case.build(seed=1, init=H.STRONG), case.conditioning()
+    sigmas = torch.tensor([0.8, 0.8, 0.0])
+    uncached = model_outputs(model, conds, sigmas, case.shape)
+    fast = accelerate(model, method="reuse")
+    options = fast.model_options["transformer_options"]
+    settings = options[SETTINGS_KEY]
+
+    def new_controller():
+        controller = type(settings).new_controller(settings)
+        controller.schedule = FirstCallFullThenCached()
+        return controller
+
+    forced = dataclasses.replace(settings)
+    object.__setattr__(forced, "new_controller", new_controller)
+    options[SETTINGS_KEY] = forced
+    with H.count_block_calls(model) as calls:
+        cached = model_outputs(fast, conds, sigmas, case.shape)
+    assert calls.total == case.blocks, "the second call must skip every block"
+    assert len(cached) == len(uncached) == 2 and torch.equal(uncached[0], uncached[1])
+    assert torch.equal(cached[0], uncached[0])
+    assert torch.equal(cached[1], uncached[1])
+
+
+@pytest.mark.parametrize("variant", ["camera", "humo"])
+def test_wan_variants_with_the_same_block_loop(pack, comfyui, variant):
+    case = Case(lambda seed: H.build_wan(seed, variant=variant), _TEXT, (1, 16, 2, 9, 11), 3)
+    check_family(case.build(seed=4), case, case.conditioning(), f"wan_{variant}")
+
+
+@pytest.mark.parametrize("variant, reason", [("vace", "VACE blocks"), ("s2v", "no transformer_options"),
+                                             ("animate", "face-adapter")])
+def test_wan_variants_that_change_the_block_loop_are_refused(pack, comfyui, variant, reason):
+    from comfyui_freqca.nodes.families import FAMILIES
+
+    with pytest.raises(ValueError, match=reason) as error:
+        accelerate(H.build_wan(seed=0, variant=variant))
+    assert all(family.name in str(error.value) for family in FAMILIES)
+
+
+def test_gated_layers_keep_the_model_and_its_keys(pack, comfyui):
+    """Lumina 2 / HiDream: the gated block list is an object patch of the clone only, with the same children."""
+    from comfyui_freqca.nodes.families import GatedBlocks
+
+    case = CASES["lumina2"]
+    model, conds = case.build(seed=1), case.conditioning()
+    before = H.model_fingerprint(model)
+    keys = set(model.model.state_dict())
+    reference = H.sample(model, *conds, steps=STEPS, shape=case.shape)
+    fast = accelerate(model)
+    gated = fast.object_patches["diffusion_model.layers"]
+    assert isinstance(gated, GatedBlocks) and "diffusion_model.layers" not in model.object_patches
+    layers = model.get_model_object("diffusion_model.layers")
+    assert [id(b) for b in gated.children()] == [id(b) for b in layers.children()]
+    assert set(gated.state_dict()) == set(layers.state_dict())
+    again = accelerate(fast, interval=2)  # applied twice: wraps the same children, not the gates
+    regated = again.object_patches["diffusion_model.layers"]
+    assert [id(b) for b in regated.children()] == [id(b) for b in layers.children()]
+    H.sample(fast, *conds, steps=STEPS, shape=case.shape)
+    assert set(model.model.state_dict()) == keys
+    assert torch.equal(H.sample(model, *conds, steps=STEPS, shape=case.shape), reference)
+    assert H.model_fingerprint(model) == before
+
+
+def test_layouts(pack, comfyui):
+    """The image-token layouts the families read from a model call (grids in token units)."""
+    from comfyui_freqca.nodes.families import detect_family
+
+    def layout(model, **call):
+        diffusion_model = model.get_model_object("diffusion_model")
+        return [s.grid or s.length for s in detect_family(diffusion_model).layout(call, diffusion_model).segments]
+
+    qwen = H.build_qwen_image(seed=0, layers=1)
+    assert layout(qwen, x=torch.zeros(1, 16, 1, 22, 17), ref_latents=[torch.zeros(1, 16, 1, 14, 20)]) == [
+        (11, 9), (7, 10)]
+    wan = H.build_wan(seed=0, layers=1, in_dim_ref_conv=16)
+    assert layout(wan, x=torch.zeros(1, 16, 3, 13, 11), reference_latent=torch.zeros(1, 16, 12, 10)) == [
+        (6, 5), (3, 7, 6)]
+    hunyuan = H.build_hunyuan_video(seed=0, depth=1, depth_single=1)
+    assert layout(hunyuan, x=torch.zeros(1, 16, 3, 10, 14), ref_latent=torch.zeros(1, 16, 1, 6, 8)) == [
+        (1, 3, 4), (3, 5, 7)]
+    hidream = H.build_hidream(seed=0, double=1, single=1)
+    assert layout(hidream, x=torch.zeros(1, 16, 20, 14), image_cond=torch.zeros(1, 16, 20, 14)) == [(10, 14)]
+    lumina = H.build_lumina2(seed=0, layers=1)
+    assert layout(lumina, x=torch.zeros(2, 16, 21, 15)) == [(11, 8)]
+    with pytest.raises(ValueError, match="caption lengths differ"):
+        layout(lumina, x=torch.zeros(2, 16, 21, 15), attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+
+
+def test_qwen_uses_the_papers_1d_fft_split(pack, comfyui):
+    from comfyui_freqca.nodes.families import detect_family
+    from comfyui_freqca.nodes.hooks import SETTINGS_KEY
+
+    fast = accelerate(H.build_qwen_image(seed=0, layers=1))
+    settings = fast.model_options["transformer_options"][SETTINGS_KEY]
+    assert detect_family(fast.get_model_object("diffusion_model")).transform == "fft"
+    assert settings.new_controller().method.describe()["transform"] == "fft"
