@@ -49,6 +49,9 @@ class FreqCaAccelerate(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="The model with FreqCa attached (the input model is unchanged).")],
             hidden=[io.Hidden.unique_id],
+            # V3 outputs are cached without the node id: two equal FreqCa nodes would share one output and
+            # report their run statistics to the same node.
+            not_idempotent=True,
         )
 
     @classmethod
