@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import (build_chroma, build_flux, count_block_calls, flux_conditioning, model_fingerprint, rel_l1,
-                     sample)
+from harness import (build_chroma, build_flux, bypass_blocks, count_block_calls, flux_conditioning, model_fingerprint,
+                     rel_l1, sample)
+from testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
 
 STEPS = 12
 N_BLOCKS = 5  # harness FLUX_CONFIG: 2 double + 3 single
@@ -52,14 +53,43 @@ def test_interval_one_is_exactly_uncached(pack, flux, conds):
     assert torch.equal(sample(accelerate(pack, flux, interval=1), *conds, steps=STEPS), reference)
 
 
-def test_cached_output_close_to_uncached(pack, flux, conds):
+def assert_cached_and_sane(out: torch.Tensor, reference: torch.Tensor) -> None:
+    """On random weights fidelity means little (skipping every block changes the output by ~2%): check only
+    that the cached run differs (the forecast was used) and stays finite and bounded. Fidelity is tested on
+    the trained testbed below."""
+    assert out.shape == reference.shape and torch.isfinite(out).all()
+    assert 0 < rel_l1(out, reference) < 0.5
+
+
+def test_every_method_runs(pack, flux, conds):
     reference = sample(flux, *conds, steps=STEPS)
     for method in ("freqca", "reuse", "taylor"):
-        out = sample(accelerate(pack, flux, method=method), *conds, steps=STEPS)
-        assert torch.isfinite(out).all()
-        error = rel_l1(out, reference)
-        print(f"{method}: relative L1 vs uncached {error:.4f}")
-        assert 0 < error < 0.1
+        assert_cached_and_sane(sample(accelerate(pack, flux, method=method), *conds, steps=STEPS), reference)
+
+
+@pytest.fixture(scope="module")
+def testbed(comfyui):
+    return build_testbed_flux()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    peak = float(b.max() - b.min())
+    return float(10 * torch.log10(peak ** 2 / ((a - b) ** 2).mean()))
+
+
+@pytest.mark.parametrize("prompt", [0, 7])
+def test_fidelity_on_the_trained_testbed(pack, testbed, prompt):
+    """The trained model loaded into ComfyUI's Flux: FreqCa stays close to uncached where skipping is ruinous."""
+    conds = prompt_conditioning(prompt)
+    run = dict(steps=28, cfg=3.0, latent=pixel_latent(), seed=5)
+    reference = sample(testbed, *conds, **run)
+    skipped = sample(bypass_blocks(testbed), *conds, **run)
+    fast = sample(accelerate(pack, testbed, interval=3, warmup_steps=3), *conds, **run)
+    print(f"prompt {prompt}: PSNR cached {psnr(fast, reference):.1f} dB, blocks skipped {psnr(skipped, reference):.1f} dB")
+    assert psnr(skipped, reference) < 16
+    assert psnr(fast, reference) > 28
+    assert rel_l1(fast, reference) < 0.15 * rel_l1(skipped, reference)
+    assert torch.equal(sample(accelerate(pack, testbed, interval=1), *conds, **run), reference)
 
 
 def test_cfg_with_cond_and_uncond(pack, flux, conds):
@@ -69,7 +99,7 @@ def test_cfg_with_cond_and_uncond(pack, flux, conds):
         out = sample(fast, *conds, steps=STEPS, cfg=3.0)
     # cond and uncond run as one batch: the same block count as cond alone
     assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
-    assert rel_l1(out, reference) < 0.1
+    assert_cached_and_sane(out, reference)
     assert torch.equal(sample(accelerate(pack, flux, interval=1), *conds, steps=STEPS, cfg=3.0), reference)
 
 
@@ -77,8 +107,7 @@ def test_non_square_latent_and_batch(pack, flux, conds):
     shape = (2, 16, 24, 42)  # odd token grid 12 x 21, batch 2
     reference = sample(flux, *conds, steps=STEPS, shape=shape)
     out = sample(accelerate(pack, flux), *conds, steps=STEPS, shape=shape)
-    assert out.shape == reference.shape
-    assert rel_l1(out, reference) < 0.1
+    assert_cached_and_sane(out, reference)
 
 
 def test_kontext_reference_latent_of_another_size(pack, flux):
@@ -89,7 +118,7 @@ def test_kontext_reference_latent_of_another_size(pack, flux):
     with count_block_calls(flux) as calls:
         out = sample(fast, *conds, steps=STEPS, shape=(1, 16, 32, 24))
     assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
-    assert rel_l1(out, reference) < 0.1
+    assert_cached_and_sane(out, reference)
     assert torch.equal(sample(accelerate(pack, flux, interval=1), *conds, steps=STEPS, shape=(1, 16, 32, 24)),
                        reference)
 
@@ -122,7 +151,7 @@ def test_chroma(pack, comfyui):
     with count_block_calls(chroma) as calls:
         out = sample(fast, *conds, steps=STEPS)
     assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
-    assert rel_l1(out, reference) < 0.1
+    assert_cached_and_sane(out, reference)
 
 
 def test_unsupported_family_is_named(pack, comfyui):
