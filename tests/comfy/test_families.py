@@ -90,6 +90,8 @@ REFERENCE_CASES = {
     # assumes the latent's size)
     "wan_reference": Case(lambda seed, init=None: H.build_wan(seed, init=init, in_dim_ref_conv=16),
                           _reference(_TEXT, _latent(1, 16, 1, 12, 10)), (1, 16, 2, 12, 10), 3),
+    # Wan Phantom: subject frames joined along time after the video's (time_dim_concat)
+    "wan_phantom": Case(H.build_wan, _with(_TEXT, time_dim_concat=_latent(1, 16, 2, 13, 11)), (1, 16, 3, 13, 11), 3),
     # HunyuanVideo ref_latent: rows before the video rows, image rows first, text after them in single blocks
     "hunyuan_video_reference": Case(H.build_hunyuan_video, _with(_POOLED, ref_latent=_latent(1, 16, 1, 6, 8)),
                                     (1, 16, 3, 10, 14), 4),
