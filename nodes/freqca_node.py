@@ -9,7 +9,7 @@ from .families import FAMILIES, detect_family
 from .hooks import FreqCaSettings, apply_freqca
 
 DEFAULTS = FreqCaSettings()
-SUPPORTED = ", ".join(f.name for f in FAMILIES)
+SUPPORTED = "; ".join(f.name for f in FAMILIES)
 
 
 class FreqCaAccelerate(io.ComfyNode):
@@ -23,7 +23,7 @@ class FreqCaAccelerate(io.ComfyNode):
                          "skipped; the low frequencies of the last full step are reused and the high "
                          f"frequencies forecast. Supported models: {SUPPORTED}."),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model to accelerate (Flux, Kontext, Chroma)."),
+                io.Model.Input("model", tooltip=f"The diffusion model to accelerate. Supported: {SUPPORTED}."),
                 io.Combo.Input("method", options=list(METHODS), default=DEFAULTS.method,
                                tooltip="freqca: reuse low band + Hermite forecast of high band (paper). "
                                        "reuse: reuse the whole cached feature (FORA-like). "
