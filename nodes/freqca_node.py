@@ -73,14 +73,6 @@ class FreqCaAccelerate(io.ComfyNode):
         if end_percent < start_percent:
             return f"end_percent ({end_percent}) must be >= start_percent ({start_percent})"
         return True
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            try:
-                check_float(name, value, 0.0, 1.0)
-            except ValueError as exc:
-                return str(exc)
-        if end_percent < start_percent:
-            return f"end_percent ({end_percent}) must be >= start_percent ({start_percent})"
-        return True
 
     @classmethod
     def execute(cls, model, method: str, interval: int, warmup_steps: int, final_full_steps: int,
