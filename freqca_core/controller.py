@@ -25,7 +25,7 @@ import torch
 
 from .cache import StreamCache
 from .methods import CacheMethod
-from .schedule import FixedSchedule, StepLocator
+from .schedule import FixedSchedule, StepLocator, same_sigma
 from .spectral import TokenLayout
 
 log = logging.getLogger("freqca")
@@ -119,8 +119,20 @@ class CacheController:
             self._warn(f"step {plan.step}: computed CRF is not finite; not cached")
             return
         for key, chunk in zip(plan.streams, crf.chunk(len(plan.streams), dim=0)):
+            history = self.cache.history(key)
+            # a re-run at the same sigma up to rounding replaces its entry: two entries ~1e-7 apart would
+            # make the forecast's divided differences divide by ~1e-7
+            history.entries = [e for e in history.entries if not same_sigma(plan.sigma, e.sigma)]
             self.cache.push(key, plan.sigma, plan.step, chunk)
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.cache.nbytes)
+
+    def demote(self, plan: CallPlan, reason: str) -> CallPlan:
+        """Turn a cached ``plan`` into a full one, for a caller that cannot use its forecast (a fallback)."""
+        if plan.full:
+            return plan
+        plan.full, plan.crf = True, None
+        self.stats.cached_calls -= 1
+        return self._fallback(plan, reason, warn=True)
 
     def end_run(self) -> RunStats:
         """Release the stored tensors and return the run's statistics."""

@@ -46,6 +46,11 @@ class FixedSchedule:
         return [i for i in range(n_steps) if self.is_full(i, n_steps)]
 
 
+def same_sigma(a: float, b: float) -> bool:
+    """Whether two sigmas are the same point of the schedule (they differ by rounding only)."""
+    return abs(a - b) <= 1e-5 * max(1.0, abs(a))
+
+
 class StepLocator:
     """Maps the sigma of a model call to the sampler step it belongs to.
 
@@ -64,7 +69,9 @@ class StepLocator:
         return None if self.sigmas is None else max(len(self.sigmas) - 1, 0)
 
     def step_of(self, sigma: float) -> int | None:
-        """The step index, or None if ``sigma`` is outside the schedule."""
+        """The step index, or None if ``sigma`` is outside the schedule (or not finite)."""
+        if not math.isfinite(sigma):
+            return None
         if self.sigmas is None:
             if not self._seen or self._seen[-1] != sigma:
                 self._seen.append(sigma)
@@ -74,7 +81,7 @@ class StepLocator:
             return None
         tol = 1e-5 * max(1.0, abs(sigma))
         for i in range(n):  # exact hits first: schedules may repeat or rise (restarts)
-            if abs(self.sigmas[i] - sigma) <= tol:
+            if same_sigma(sigma, self.sigmas[i]):
                 return i
         for i in range(n):
             hi, lo = self.sigmas[i], self.sigmas[i + 1]
