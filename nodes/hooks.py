@@ -52,6 +52,7 @@ class FreqCaSettings:
 
     def __post_init__(self) -> None:
         self.new_controller()  # raises ValueError naming a bad input
+        make_method("freqca", cutoff=self.cutoff, hermite_scale=self.hermite_scale)  # also when unused
 
     def new_controller(self) -> CacheController:
         transform = self.family.transform if self.family is not None else "dct"
@@ -71,6 +72,8 @@ class RunState:
         self.plan: CallPlan | None = None
         self.n_img = 0
         self.started = time.perf_counter()
+        self.recorded = False  # the call in flight reached our last block's record
+        self.missed = 0  # calls our first block did not plan or our last block did not record
 
     def open_call(self, args: dict) -> None:
         """At the first block: plan the call from its sigma, streams, batch and image token count."""
@@ -84,9 +87,32 @@ class RunState:
         streams = options.get("uuids") or options.get("cond_or_uncond") or [0]
         sigma = float(options["sigmas"].flatten()[0])
         self.plan = self.controller.plan(sigma, streams, img.shape[0], layout)
+        if not self.plan.full:
+            try:
+                self.prepare_cached(img)
+            except Exception as exc:  # still at the first block: this call can run full instead
+                self.controller.demote(self.plan, f"cannot use the forecast ({exc!r})")
         if self.settings.verbose:
             mode = "full" if self.plan.full else "cached"
             log.info("FreqCa: sigma %.4f step %s %s %s", sigma, self.plan.step, mode, self.plan.reason)
+
+    def prepare_cached(self, img: torch.Tensor) -> None:
+        """At the first block of a cached call: the forecast on the call's device and dtype, shape checked."""
+        crf = self.plan.crf.to(device=img.device, dtype=img.dtype)
+        if crf.shape != (img.shape[0], self.n_img, img.shape[-1]):
+            raise ValueError(f"forecast of shape {tuple(crf.shape)} for {img.shape[0]} x {self.n_img} image rows "
+                             f"of width {img.shape[-1]}")
+        self.plan.crf = crf
+
+    def end_call(self, active: bool) -> None:
+        """After a model call FreqCa was to handle: count (and warn once) if our first block did not plan it
+        or our last block did not record it, i.e. another node replaced those patches after ours."""
+        if active and (self.plan is None or (self.plan.full and self.plan.step is not None and not self.recorded)):
+            self.missed += 1
+            if self.missed == 1:
+                log.warning("FreqCa: a model call did not reach FreqCa's first or last block patch (replaced by "
+                            "another node applied after FreqCa Accelerate?); such calls run uncached")
+        self.recorded = False
 
     def cached_output(self, args: dict) -> dict:
         """The last block's output at a cached call: its input with the image rows set to the forecast."""
@@ -114,6 +140,8 @@ class RunState:
                 f"CRF cache {mb:.2f} MB, {seconds:.1f} s [{stats.timeline()}]")
         if stats.fallbacks:
             text += f"; {stats.fallbacks} calls fell back to full compute"
+        if self.missed:
+            text += f"; {self.missed} calls ran uncached: a FreqCa block patch was replaced by another node"
         return text
 
 
@@ -155,6 +183,7 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
     try:
         return executor(*args, **kwargs)
     finally:
+        state.end_call(state.layout is not None)
         state.layout, state.plan = None, None
 
 
@@ -178,7 +207,11 @@ def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | 
         if plan is None or plan.full:
             out = run_block(args, extra)
             if last and plan is not None:
-                state.record(out)
+                state.recorded = True
+                try:
+                    state.record(out)
+                except Exception as exc:  # the call is computed; only its features are not cached
+                    log.warning("FreqCa: recording the features failed (%r); not cached", exc)
             return out
         if last:
             return state.cached_output(args)
@@ -192,13 +225,18 @@ def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
     """Return a clone of ``model`` (a ModelPatcher) with FreqCa attached; ``model`` is left as it was."""
     patched = model.clone()
     transformer_options = patched.model_options.get("transformer_options", {})
-    previous: FreqCaSettings | None = transformer_options.get(SETTINGS_KEY)
     dit_patches = transformer_options.get("patches_replace", {}).get("dit", {})
     keys = family.block_keys(patched.get_model_object("diffusion_model"))
     if not keys:
         raise ValueError(f"FreqCa Accelerate: the {family.name} model has no transformer blocks to cache")
-    # Applied twice: the newer settings replace ours, other packs' patches stay underneath.
-    priors = previous.prior_patches if previous is not None else {k: dit_patches[k] for k in keys if k in dit_patches}
+    # Applied again: the newer settings replace ours; what our earlier patches ran underneath is kept, and so
+    # is a patch another node put over them since. Ours are told by their marker (clones deep-copy patches).
+    priors = {}
+    for key in keys:
+        patch = dit_patches.get(key)
+        patch = patch.freqca_prior if hasattr(patch, "freqca_prior") else patch
+        if patch is not None:
+            priors[key] = patch
     settings = replace(settings, family=family, prior_patches=priors)
     patches = {key: _make_block_patch(key, i == 0, i == len(keys) - 1, priors.get(key)) for i, key in enumerate(keys)}
     if family.gates:  # no patches_replace in this model: gated block lists holding the same children
