@@ -25,3 +25,19 @@ def comfyui():
 def pack(comfyui):
     """This pack, imported the way ComfyUI imports a custom-node folder."""
     return load_pack()
+
+
+@pytest.fixture(scope="module")
+def flux(comfyui):
+    """The harness's tiny random-weight Flux (seed 1)."""
+    from harness import build_flux
+
+    return build_flux(seed=1)
+
+
+@pytest.fixture(scope="module")
+def conds(comfyui):
+    """Positive and negative conditioning for ``flux``."""
+    from harness import flux_conditioning
+
+    return flux_conditioning(seed=2)

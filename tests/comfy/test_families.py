@@ -26,13 +26,7 @@ INTERVAL, WARMUP = 3, 2
 MAX_REL_L1 = 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is much faster than two on a shared 2-core machine (no OpenMP waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def accelerate(model, **inputs):

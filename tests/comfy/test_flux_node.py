@@ -28,16 +28,6 @@ def expected_full_steps(steps, interval, warmup):
     return len(FixedSchedule(warmup, interval).full_steps(steps))
 
 
-@pytest.fixture(scope="module")
-def flux(comfyui):
-    return build_flux(seed=1)
-
-
-@pytest.fixture(scope="module")
-def conds(comfyui):
-    return flux_conditioning(seed=2)
-
-
 def test_blocks_run_only_at_full_steps(pack, flux, conds):
     fast = accelerate(pack, flux)
     with count_block_calls(flux) as calls:

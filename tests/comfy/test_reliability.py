@@ -59,23 +59,7 @@ ALL_SAMPLERS = ['euler', 'euler_cfg_pp', 'euler_ancestral', 'euler_ancestral_cfg
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the tiny model runs faster so on a shared 2-core machine, and results repeat."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def flux(comfyui):
-    return build_flux(seed=1)
-
-
-@pytest.fixture(scope="module")
-def conds(comfyui):
-    return flux_conditioning(seed=2)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def accelerate(model, **inputs):

@@ -29,13 +29,7 @@ def tiny(guidance_embed: bool = False) -> tuple[TinyFlux, PromptTable]:
     return model, table
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and a busy machine makes multi-thread runs stall."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
