@@ -10,6 +10,7 @@ Both the ComfyUI adapters and the testbed use it the same way::
     else:
         crf = plan.crf                             # forecast [B, L, D]
     out = final_layer(crf, current_timestep_embedding)
+    out = controller.finish_call(plan, out)        # methods that mix outputs (FRDiff) do it here
 
 ``streams`` names the batch chunks of the call (e.g. ComfyUI's cond uuids, uncond first): the batch is
 split evenly between them and each stream has its own CRF history. A cached call needs a usable history
@@ -18,14 +19,15 @@ for every stream; otherwise, or if a forecast fails or is not finite, the call r
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
 
-from .cache import StreamCache
+from .cache import CRFHistory, StreamCache
 from .methods import CacheMethod
-from .schedule import FixedSchedule, StepLocator, same_sigma
+from .schedule import FixedSchedule, ScheduleRun, StepLocator, same_sigma
 from .spectral import TokenLayout
 
 log = logging.getLogger("freqca")
@@ -73,7 +75,7 @@ class RunStats:
 class CacheController:
     """Decides and serves cached model calls for one sampling run at a time."""
 
-    def __init__(self, method: CacheMethod, schedule: FixedSchedule, *,
+    def __init__(self, method: CacheMethod, schedule: FixedSchedule | Any, *,
                  offload_device: torch.device | None = None) -> None:
         self.method = method
         self.schedule = schedule
@@ -87,6 +89,15 @@ class CacheController:
         self.locator = StepLocator(sample_sigmas)
         self.cache = StreamCache(self.method.history_size, self.offload_device)
         self.stats = RunStats(n_steps=self.locator.n_steps)
+        self.run: ScheduleRun = self.schedule.start_run(self.locator)
+        self.decisions: dict[int, bool] = {}  # step -> full: every call of a step (cond, uncond) alike
+        self.outputs: dict[Hashable, torch.Tensor] = {}  # stream -> last full call's output (output mixing)
+
+    def is_full(self, step: int) -> bool:
+        """The schedule's decision for ``step``, fixed at the step's first call."""
+        if step not in self.decisions:
+            self.decisions[step] = self.run.is_full(step)
+        return self.decisions[step]
 
     def plan(self, sigma: float, streams: Sequence[Hashable], batch: int, layout: TokenLayout) -> CallPlan:
         """Plan a call at ``sigma`` whose batch of ``batch`` rows is split evenly over ``streams``."""
@@ -94,7 +105,7 @@ class CacheController:
         streams = tuple(streams) or (0,)
         step = self.locator.step_of(sigma)
         plan = CallPlan(True, sigma, step, streams, layout)
-        if step is None or self.schedule.is_full(step, self.locator.n_steps):
+        if step is None or self.is_full(step):
             return self._count(plan)
         if batch % len(streams):
             return self._fallback(plan, f"batch {batch} does not split over {len(streams)} streams")
@@ -118,13 +129,51 @@ class CacheController:
         if not torch.isfinite(crf).all():
             self._warn(f"step {plan.step}: computed CRF is not finite; not cached")
             return
+        errors = []
         for key, chunk in zip(plan.streams, crf.chunk(len(plan.streams), dim=0)):
             history = self.cache.history(key)
+            if self.run.wants_errors:
+                errors.append(self._forecast_error(history, plan, chunk))
             # a re-run at the same sigma up to rounding replaces its entry: two entries ~1e-7 apart would
             # make the forecast's divided differences divide by ~1e-7
             history.entries = [e for e in history.entries if not same_sigma(plan.sigma, e.sigma)]
             self.cache.push(key, plan.sigma, plan.step, chunk)
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.cache.nbytes)
+        if any(e is not None for e in errors):
+            self.run.observe(plan.step, plan.sigma, max(e for e in errors if e is not None))
+
+    def _forecast_error(self, history: CRFHistory, plan: CallPlan, crf: torch.Tensor) -> float | None:
+        """Relative L1 error the forecast from ``history`` would have made for the computed ``crf``
+        (None without a usable history or when the forecast fails)."""
+        entries = [e for e in history.entries if not same_sigma(plan.sigma, e.sigma)]
+        if not entries or entries[0].crf.shape != crf.shape:
+            return None
+        past = CRFHistory(history.capacity)
+        past.entries = entries
+        try:
+            forecast = self.method.predict(past, plan.sigma, plan.layout).to(crf.device, torch.float32)
+        except Exception:
+            return None
+        truth = crf.float()
+        error = float((forecast - truth).abs().mean() / truth.abs().mean().clamp_min(1e-12))
+        return error if math.isfinite(error) else None
+
+    def finish_call(self, plan: CallPlan, out: torch.Tensor) -> torch.Tensor:
+        """The call's model output ``[B, ...]``, after the method's output mixing (if any): a full call's
+        output is kept per stream; a cached call's becomes ``w * kept + (1 - w) * out`` with
+        ``w = method.output_weight(step, n_steps)``."""
+        if plan.step is None or not self.method.mixes_output:
+            return out
+        chunks = out.chunk(len(plan.streams), dim=0)
+        if plan.full:
+            for key, chunk in zip(plan.streams, chunks):
+                self.outputs[key] = chunk.detach().clone()
+            return out
+        weight = self.method.output_weight(plan.step, self.locator.n_steps)
+        kept = [self.outputs.get(key) for key in plan.streams]
+        if weight == 0.0 or any(k is None or k.shape != c.shape for k, c in zip(kept, chunks)):
+            return out
+        return torch.cat([torch.lerp(c, k.to(c), weight) for k, c in zip(kept, chunks)], dim=0)
 
     def demote(self, plan: CallPlan, reason: str) -> CallPlan:
         """Turn a cached ``plan`` into a full one, for a caller that cannot use its forecast (a fallback)."""
@@ -137,6 +186,7 @@ class CacheController:
     def end_run(self) -> RunStats:
         """Release the stored tensors and return the run's statistics."""
         self.cache.clear()
+        self.outputs.clear()
         return self.stats
 
     def _count(self, plan: CallPlan) -> CallPlan:

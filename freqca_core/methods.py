@@ -21,10 +21,15 @@ METHODS = ("freqca", "reuse", "taylor")
 class CacheMethod(ABC):
     name: str
     history_size: int  # full-step CRFs kept per stream
+    mixes_output = False  # whether cached calls mix in the last full call's output (``output_weight``)
 
     @abstractmethod
     def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
         """The CRF ``[b, L, D]`` at ``sigma`` from a non-empty ``history``."""
+
+    def output_weight(self, step: int, n_steps: int | None) -> float:
+        """Weight in [0, 1] of the last full call's output in a cached call's output at ``step``."""
+        return 0.0
 
     def describe(self) -> dict:
         """Parameters for logs and benchmark rows."""

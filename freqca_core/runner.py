@@ -44,7 +44,7 @@ def cached_velocity(model: nn.Module, controller: CacheController, x: Tensor, si
         controller.record(plan, crf)
     else:
         crf = plan.crf
-    return model.final(crf, e)
+    return controller.finish_call(plan, model.final(crf, e))
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:

@@ -45,6 +45,33 @@ class FixedSchedule:
     def full_steps(self, n_steps: int) -> list[int]:
         return [i for i in range(n_steps) if self.is_full(i, n_steps)]
 
+    def start_run(self, locator: StepLocator) -> ScheduleRun:
+        """This schedule's decisions for one sampling run."""
+        return FixedRun(self, locator.n_steps)
+
+
+class ScheduleRun:
+    """One sampling run's full/cached decisions. Adaptive runs learn from the forecast errors measured at
+    full steps (``observe``); the controller measures them only when ``wants_errors`` is set."""
+
+    wants_errors = False
+
+    def is_full(self, step: int) -> bool:
+        raise NotImplementedError
+
+    def observe(self, step: int, sigma: float, error: float) -> None:
+        """The relative error the forecast would have made at full step ``step`` (max over its streams)."""
+
+
+class FixedRun(ScheduleRun):
+    """A schedule whose decisions depend on the step only (``is_full(step, n_steps)``)."""
+
+    def __init__(self, schedule: FixedSchedule, n_steps: int | None) -> None:
+        self.schedule, self.n_steps = schedule, n_steps
+
+    def is_full(self, step: int) -> bool:
+        return self.schedule.is_full(step, self.n_steps)
+
 
 def same_sigma(a: float, b: float) -> bool:
     """Whether two sigmas are the same point of the schedule (they differ by rounding only)."""

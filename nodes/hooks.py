@@ -114,6 +114,16 @@ class RunState:
                             "another node applied after FreqCa Accelerate?); such calls run uncached")
         self.recorded = False
 
+    def finish_call(self, out: torch.Tensor) -> torch.Tensor:
+        """The model output of the call, after the method's output mixing (FRDiff); unchanged on failure."""
+        if self.plan is None:
+            return out
+        try:
+            return self.controller.finish_call(self.plan, out)
+        except Exception as exc:  # the computed output stands
+            log.warning("FreqCa: output mixing failed (%r); using the computed output", exc)
+            return out
+
     def cached_output(self, args: dict) -> dict:
         """The last block's output at a cached call: its input with the image rows set to the forecast."""
         img = args["img"]
@@ -181,7 +191,8 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
         log.warning("FreqCa: cannot read the token layout (%r); running uncached", exc)
         state.layout = None
     try:
-        return executor(*args, **kwargs)
+        out = executor(*args, **kwargs)
+        return state.finish_call(out)
     finally:
         state.end_call(state.layout is not None)
         state.layout, state.plan = None, None
