@@ -3,6 +3,7 @@
 - ``freqca``: low band reused from the last full step, high band forecast (Hermite by default).
 - ``reuse``: the whole CRF of the last full step (FORA-like).
 - ``taylor``: the whole CRF forecast by a Taylor/polynomial forecaster (TaylorSeer-like).
+- ``frdiff``: CRF reuse plus FRDiff's score mixing of cached outputs (``frdiff.FRDiffMethod``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .cache import CRFHistory
 from .forecast import Forecaster, HermiteForecaster, ReuseForecaster, TaylorForecaster
 from .spectral import BandSplitter, TokenLayout
 
-METHODS = ("freqca", "reuse", "taylor")
+METHODS = ("freqca", "reuse", "taylor", "frdiff")
 
 
 class CacheMethod(ABC):
@@ -93,6 +94,9 @@ def make_method(name: str, *, cutoff: float = 0.1, transform: str = "dct", hermi
         return ForecastMethod("reuse", ReuseForecaster())
     if name == "taylor":
         return ForecastMethod("taylor", TaylorForecaster(order))
+    if name == "frdiff":
+        from .frdiff import FRDiffMethod  # frdiff imports this module
+        return FRDiffMethod()
     raise ValueError(f"method must be one of {', '.join(METHODS)}; got {name!r}")
 
 
