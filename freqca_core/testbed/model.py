@@ -3,6 +3,11 @@
 Module names and parameter shapes follow the FLUX reference layout (as used by ComfyUI's
 ``comfy.ldm.flux.model.Flux``), so state dicts are interchangeable. The forward pass is split in three
 so a feature cache can skip the blocks: ``embed`` -> ``run_blocks`` (returns the CRF) -> ``final``.
+
+``run_blocks(e, attention_override=override)`` mirrors ComfyUI's ``transformer_options[
+"optimized_attention_override"]``: every attention kernel call (one per block, in call order) becomes
+``override(attention, q, k, v, pe)`` instead of ``attention(q, k, v, pe)``; the q/k/v and output
+projections still run. Without an override the numerics are unchanged.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +97,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor) -> Tensor:
     q, k = apply_rope(q, pe), apply_rope(k, pe)
     out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).flatten(2)
+
+
+AttentionOverride = Callable[..., Tensor]  # override(func, q, k, v, pe) -> func's result or a stand-in
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, pe: Tensor, override: AttentionOverride | None = None) -> Tensor:
+    """``attention(q, k, v, pe)``, routed through ``override(attention, q, k, v, pe)`` when given."""
+    if override is None:
+        return attention(q, k, v, pe)
+    return override(attention, q, k, v, pe)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -179,13 +195,15 @@ class DoubleStreamBlock(nn.Module):
         self.txt_attn = SelfAttention(dim, num_heads, qkv_bias)
         self.txt_mlp = mlp(dim, hidden)
 
-    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor,
+                attention_override: AttentionOverride | None = None) -> tuple[Tensor, Tensor]:
         """img [B, N, D], txt [B, T, D], vec [B, D], pe for T+N rows -> (img, txt)."""
         i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2 = self.img_mod(vec)
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(vec)
         iq, ik, iv = self.img_attn.qkv_heads(modulate(img, i_shift1, i_scale1))
         tq, tk, tv = self.txt_attn.qkv_heads(modulate(txt, t_shift1, t_scale1))
-        attn = attention(torch.cat((tq, iq), 2), torch.cat((tk, ik), 2), torch.cat((tv, iv), 2), pe)
+        attn = attend(torch.cat((tq, iq), 2), torch.cat((tk, ik), 2), torch.cat((tv, iv), 2), pe,
+                      attention_override)
         t_attn, i_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
         img = img + i_gate1 * self.img_attn.proj(i_attn)
         img = img + i_gate2 * self.img_mlp(modulate(img, i_shift2, i_scale2))
@@ -206,13 +224,14 @@ class SingleStreamBlock(nn.Module):
         self.norm = QKNorm(dim // num_heads)
         self.modulation = Modulation(dim, 3)
 
-    def forward(self, x: Tensor, vec: Tensor, pe: Tensor) -> Tensor:
+    def forward(self, x: Tensor, vec: Tensor, pe: Tensor, attention_override: AttentionOverride | None = None) -> Tensor:
         """x [B, L, D] (txt rows first), vec [B, D] -> [B, L, D]."""
         shift, scale, gate = self.modulation(vec)
         qkv, hidden = self.linear1(modulate(x, shift, scale)).split([x.shape[-1] * 3, self.mlp_hidden], dim=-1)
         q, k, v = qkv.unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
         q, k = self.norm(q, k)
-        out = self.linear2(torch.cat((attention(q, k, v, pe), F.gelu(hidden, approximate="tanh")), dim=-1))
+        attn = attend(q, k, v, pe, attention_override)
+        out = self.linear2(torch.cat((attn, F.gelu(hidden, approximate="tanh")), dim=-1))
         return x + gate * out
 
 
@@ -288,14 +307,17 @@ class TinyFlux(nn.Module):
         pe = rope(ids, self.config.axes_dim, self.config.theta)
         return Embedded(self.img_in(img), self.txt_in(context), vec, pe, (h, w), (height, width))
 
-    def run_blocks(self, e: Embedded) -> Tensor:
-        """All transformer blocks -> CRF: image-token state after the last single block, [B, N, D]."""
+    def run_blocks(self, e: Embedded, attention_override: AttentionOverride | None = None) -> Tensor:
+        """All transformer blocks -> CRF: image-token state after the last single block, [B, N, D].
+
+        ``attention_override(func, q, k, v, pe)`` (optional) replaces every attention kernel call, one per
+        block in call order (double blocks, then single blocks), like ComfyUI's attention override."""
         img, txt = e.img, e.txt
         for block in self.double_blocks:
-            img, txt = block(img, txt, e.vec, e.pe)
+            img, txt = block(img, txt, e.vec, e.pe, attention_override)
         x = torch.cat((txt, img), dim=1)
         for block in self.single_blocks:
-            x = block(x, e.vec, e.pe)
+            x = block(x, e.vec, e.pe, attention_override)
         return x[:, txt.shape[1]:]
 
     def final(self, crf: Tensor, e: Embedded) -> Tensor:
@@ -305,10 +327,11 @@ class TinyFlux(nn.Module):
         out = out.unflatten(1, (h, w)).unflatten(3, (-1, p, p)).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(out.shape[0], -1, h * p, w * p)[:, :, :height, :width]
 
-    def forward(self, x: Tensor, sigma: Tensor, context: Tensor, y: Tensor, guidance: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor, context: Tensor, y: Tensor, guidance: Tensor | None = None,
+                attention_override: AttentionOverride | None = None) -> Tensor:
         """Velocity prediction (noise - x0) for x [B,C,H,W] at noise level sigma [B]."""
         e = self.embed(x, sigma, context, y, guidance)
-        return self.final(self.run_blocks(e), e)
+        return self.final(self.run_blocks(e, attention_override), e)
 
 
 def save_model(model: TinyFlux, path: str | Path) -> None:
