@@ -38,9 +38,11 @@ from .controller import CacheController
 from .methods import make_method
 from .metrics import fidelity
 from .runner import Generation, Sampling, flops_per_sample, generate, median_call_seconds, randomize, run_cost
+from .adaptive import AdaptiveSchedule
 from .schedule import FixedSchedule
 
 WARMUP = 3
+ADAPTIVE_MAX_GAP = 12  # the adaptive schedule's largest interval in the benchmark
 CFG = 3.0
 SHIFT = 2.0
 REPORT_SEED_BASE = 100     # reported noise seeds: 100, 101, ...
@@ -67,6 +69,7 @@ class Spec:
     seeds: int = 4
     intervals: tuple[int, ...] = (3, 4, 6, 9)
     methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "adaptive")
+    adaptive_schedule: tuple[str, ...] = ("freqca", "reuse")  # methods also run on the adaptive schedule
     repeats: int = 2
     calib_iters: int = 10
     cfg: float = CFG
@@ -111,29 +114,54 @@ def _controller_factory(name: str, schedule: FixedSchedule) -> Callable[[], Cach
     return lambda: CacheController(make_method(name, order=2), schedule)
 
 
-def calibrate_adaptive(model, table, spec: Spec, budgets: list[int], progress: Progress,
-                       size: tuple[int, int]) -> list[Config]:
-    """Thresholds hitting each budget on the calibration seeds/prompts (never the reported ones)."""
+def calibrate(model, table, spec: Spec, budgets: list[int], progress: Progress, size: tuple[int, int],
+              label: str, make: Callable[[float, int | None], Any]) -> list[tuple[int, float, dict]]:
+    """For each budget, the threshold of ``make(threshold, abort_above)`` (a cache for ``generate``) whose
+    run takes that many full steps on the calibration seeds/prompts (never the reported ones).
+    Returns ``(budget, threshold, params)`` with the calibration record in ``params``."""
     seeds = [CALIB_SEED_BASE + i for i in range(spec.seeds)]
     prompts = calib_prompts(spec.seeds)
-    configs, trials = [], []  # trials are shared: every budget searches the same count-vs-threshold curve
+    found, trials = [], []  # trials are shared: every budget searches the same count-vs-threshold curve
     for budget in budgets:
-        progress(f"calibrating the adaptive baseline for {budget} full steps on the calibration seeds")
+        progress(f"calibrating {label} for {budget} full steps on the calibration seeds")
 
         def full_steps_at(threshold: float, abort_above: int | None) -> int:
-            cache = AdaptiveOutputCache(threshold, WARMUP, abort_above=abort_above)
             try:
-                return generate(model, prompts, seeds, spec.steps, spec.cfg, cache, table=table, shift=spec.shift,
-                                size=size).full_steps
+                return generate(model, prompts, seeds, spec.steps, spec.cfg, make(threshold, abort_above),
+                                table=table, shift=spec.shift, size=size).full_steps
             except BudgetExceeded:
                 return abort_above + 1
 
         threshold, got, made = calibrate_threshold(full_steps_at, budget, iters=spec.calib_iters, trials=trials)
-        progress(f"calibrated adaptive for budget {budget}: threshold {threshold:.4g} -> {got} full steps "
+        progress(f"calibrated {label} for budget {budget}: {threshold:.4g} -> {got} full steps "
                  f"({made} calibration runs)")
-        params = {"threshold": threshold, "warmup": WARMUP, "target_full_steps": budget,
-                  "calibration_full_steps": got, "calibration_runs": made}
-        configs.append(Config("adaptive", params, budget, lambda t=threshold: AdaptiveOutputCache(t, WARMUP)))
+        found.append((budget, threshold, {"warmup": WARMUP, "target_full_steps": budget,
+                                          "calibration_full_steps": got, "calibration_runs": made}))
+    return found
+
+
+def calibrate_adaptive(model, table, spec: Spec, budgets: list[int], progress: Progress,
+                       size: tuple[int, int]) -> list[Config]:
+    """The output-space adaptive baseline, its threshold calibrated to each budget."""
+    found = calibrate(model, table, spec, budgets, progress, size, "the adaptive baseline",
+                      lambda t, abort: AdaptiveOutputCache(t, WARMUP, abort_above=abort))
+    return [Config("adaptive", {"threshold": t, **params}, budget, lambda t=t: AdaptiveOutputCache(t, WARMUP))
+            for budget, t, params in found]
+
+
+def calibrate_schedules(model, table, spec: Spec, budgets: list[int], progress: Progress,
+                        size: tuple[int, int]) -> list[Config]:
+    """Each of ``spec.adaptive_schedule`` methods on the adaptive schedule, its tolerance calibrated to each
+    budget (the schedule has no abort: it is cheap enough to run to the end)."""
+    configs = []
+    for name in spec.adaptive_schedule:
+        def controller(tolerance: float, abort_above: int | None = None, name: str = name) -> CacheController:
+            return CacheController(make_method(name, order=2), AdaptiveSchedule(tolerance, WARMUP, ADAPTIVE_MAX_GAP))
+
+        found = calibrate(model, table, spec, budgets, progress, size, f"{name} on the adaptive schedule", controller)
+        for budget, t, params in found:
+            params = {"tolerance": t, "max_gap": ADAPTIVE_MAX_GAP, **params, **make_method(name, order=2).describe()}
+            configs.append(Config(f"{name}-adaptive", params, budget, lambda t=t, c=controller: c(t)))
     return configs
 
 
@@ -149,8 +177,9 @@ def measure_flops(model, table, method_name: str, prompt: int, seed: int, spec: 
         method, steps = None, 1
     elif method_name == "adaptive":
         method, steps = AdaptiveOutputCache(1e9, warmup=2), 3
-    else:
-        method = CacheController(make_method(method_name, order=2), FixedSchedule(warmup=1, interval=1000))
+    else:  # a cached call costs the same on any schedule
+        base = method_name.removesuffix("-adaptive")
+        method = CacheController(make_method(base, order=2), FixedSchedule(warmup=1, interval=1000))
         steps = 2
     run = Sampling(model, [prompt], [seed], steps, spec.cfg, method, table=table, shift=spec.shift, size=size,
                    guidance=guidance)
@@ -242,9 +271,10 @@ def run_testbed(spec: Spec, model, table, progress: Progress) -> tuple[dict, lis
     seeds = [REPORT_SEED_BASE + i for i in range(spec.seeds)]
     prompts = report_prompts(spec.seeds)
     configs = schedule_configs(spec)
+    budgets = sorted({c.budget for c in configs if c.method != "none"}, reverse=True)
     if "adaptive" in spec.methods:
-        budgets = sorted({c.budget for c in configs if c.method != "none"}, reverse=True)
         configs += calibrate_adaptive(model, table, spec, budgets, progress, size)
+    configs += calibrate_schedules(model, table, spec, budgets, progress, size)
     runs, images = run_configs(model, table, spec, configs, progress, size=size, seeds=seeds, prompts=prompts)
     names = list(getattr(table, "names", []))
     result = _header(spec, "testbed", size, seeds, [names[p] if p < len(names) else str(p) for p in prompts])
@@ -320,6 +350,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
     spec = Spec(model=args.model)
     if args.quick:
         spec.steps, spec.seeds, spec.intervals, spec.repeats, spec.calib_iters = 28, 2, (3, 6), 1, 8
+        spec.adaptive_schedule = ("freqca",)
     if args.model == "flux-timing":
         spec.seeds = 1
     if args.steps is not None:

@@ -129,34 +129,47 @@ class CacheController:
         if not torch.isfinite(crf).all():
             self._warn(f"step {plan.step}: computed CRF is not finite; not cached")
             return
-        errors = []
+        errors, prev_steps = [], []
         for key, chunk in zip(plan.streams, crf.chunk(len(plan.streams), dim=0)):
             history = self.cache.history(key)
             if self.run.wants_errors:
-                errors.append(self._forecast_error(history, plan, chunk))
+                error, prev_step = self._forecast_error(history, plan, chunk)
+                errors.append(error)
+                prev_steps += [prev_step] if prev_step is not None else []
             # a re-run at the same sigma up to rounding replaces its entry: two entries ~1e-7 apart would
             # make the forecast's divided differences divide by ~1e-7
             history.entries = [e for e in history.entries if not same_sigma(plan.sigma, e.sigma)]
             self.cache.push(key, plan.sigma, plan.step, chunk)
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.cache.nbytes)
-        if any(e is not None for e in errors):
-            self.run.observe(plan.step, plan.sigma, max(e for e in errors if e is not None))
+        if self.run.wants_errors:
+            measured = [e for e in errors if e is not None]
+            self.run.observe(plan.step, max(measured) if measured else None, max(prev_steps, default=None))
 
-    def _forecast_error(self, history: CRFHistory, plan: CallPlan, crf: torch.Tensor) -> float | None:
-        """Relative L1 error the forecast from ``history`` would have made for the computed ``crf``
-        (None without a usable history or when the forecast fails)."""
-        entries = [e for e in history.entries if not same_sigma(plan.sigma, e.sigma)]
+    @staticmethod
+    def _past(history: CRFHistory, sigma: float, crf: torch.Tensor) -> CRFHistory | None:
+        """The history as it was before the full call at ``sigma`` (None if empty or of another shape)."""
+        entries = [e for e in history.entries if not same_sigma(sigma, e.sigma)]
         if not entries or entries[0].crf.shape != crf.shape:
             return None
         past = CRFHistory(history.capacity)
         past.entries = entries
+        return past
+
+    def _forecast_error(self, history: CRFHistory, plan: CallPlan,
+                        crf: torch.Tensor) -> tuple[float | None, int | None]:
+        """Relative L1 error the forecast from ``history`` would have made for the computed ``crf`` ``[b, L, D]``,
+        and the step of the history's newest entry; ``(None, None)`` without a usable history or when the
+        forecast fails."""
+        past = self._past(history, plan.sigma, crf)
+        if past is None:
+            return None, None
         try:
             forecast = self.method.predict(past, plan.sigma, plan.layout).to(crf.device, torch.float32)
         except Exception:
-            return None
+            return None, None
         truth = crf.float()
         error = float((forecast - truth).abs().mean() / truth.abs().mean().clamp_min(1e-12))
-        return error if math.isfinite(error) else None
+        return (error, past.entries[0].step) if math.isfinite(error) else (None, None)
 
     def finish_call(self, plan: CallPlan, out: torch.Tensor) -> torch.Tensor:
         """The call's model output ``[B, ...]``, after the method's output mixing (if any): a full call's

@@ -8,10 +8,12 @@ from typing import Any, Sequence
 
 import torch
 
-METHOD_ORDER = ("none", "freqca", "reuse", "taylor", "adaptive")
-METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "reuse": "reuse (FORA-like)",
+METHOD_ORDER = ("none", "freqca", "freqca-adaptive", "reuse", "reuse-adaptive", "taylor", "adaptive")
+METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "freqca-adaptive": "FreqCa, adaptive schedule",
+                "reuse": "reuse (FORA-like)", "reuse-adaptive": "reuse, adaptive schedule",
                 "taylor": "Taylor-2 (TaylorSeer-like)", "adaptive": "adaptive output (TeaCache/EasyCache-like)"}
-COLOURS = {"none": (0, 0, 0), "freqca": (214, 39, 40), "reuse": (31, 119, 180), "taylor": (44, 160, 44),
+COLOURS = {"none": (0, 0, 0), "freqca": (214, 39, 40), "freqca-adaptive": (148, 103, 189),
+           "reuse": (31, 119, 180), "reuse-adaptive": (23, 190, 207), "taylor": (44, 160, 44),
            "adaptive": (255, 127, 14)}
 TIMING_NOTE = "timing only (random weights), fidelity not meaningful"
 
@@ -42,6 +44,8 @@ def run_label(run: dict) -> str:
         return "uncached"
     if run["method"] == "adaptive":
         return f"adaptive thr={p['threshold']:.3g}"
+    if "tolerance" in p:
+        return f"{run['method']} tol={p['tolerance']:.3g}"
     return f"{run['method']} N={p['interval']}"
 
 
@@ -90,6 +94,8 @@ def markdown_table(result: dict) -> str:
             sched = "all steps"
         elif run["method"] == "adaptive":
             sched = f"threshold {p['threshold']:.3g} (budget {run['budget']})"
+        elif "tolerance" in p:
+            sched = f"warm-up {p['warmup']}, tolerance {p['tolerance']:.3g} (budget {run['budget']})"
         else:
             sched = f"warm-up {p['warmup']}, N={p['interval']}"
         psnr = "∞ (reference)" if run["method"] == "none" else _fmt(run["psnr"], ".2f")

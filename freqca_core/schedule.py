@@ -35,12 +35,20 @@ class FixedSchedule:
 
     def is_full(self, step: int, n_steps: int | None) -> bool:
         """Whether sampler step ``step`` (0-based) of ``n_steps`` (None: unknown length) runs all blocks."""
+        return self.forced_full(step, n_steps) or (step - self.origin(n_steps) + 1) % self.interval == 0
+
+    def origin(self, n_steps: int | None) -> int:
+        """The first step that may be cached: after warm-up and ``start`` (never step 0)."""
         origin = max(self.warmup, 1)
         if n_steps is not None:
             origin = max(origin, math.ceil(self.start * n_steps - 1e-9))
-            if step >= self.end * n_steps - 1e-9 or step >= n_steps - self.final_full:
-                return True
-        return step < origin or (step - origin + 1) % self.interval == 0
+        return origin
+
+    def forced_full(self, step: int, n_steps: int | None) -> bool:
+        """Full whatever the interval: warm-up, before ``start``, from ``end`` on, the final full steps."""
+        if step < self.origin(n_steps):
+            return True
+        return n_steps is not None and (step >= self.end * n_steps - 1e-9 or step >= n_steps - self.final_full)
 
     def full_steps(self, n_steps: int) -> list[int]:
         return [i for i in range(n_steps) if self.is_full(i, n_steps)]
@@ -59,8 +67,9 @@ class ScheduleRun:
     def is_full(self, step: int) -> bool:
         raise NotImplementedError
 
-    def observe(self, step: int, sigma: float, error: float) -> None:
-        """The relative error the forecast would have made at full step ``step`` (max over its streams)."""
+    def observe(self, step: int, error: float | None, prev_step: int | None) -> None:
+        """Full step ``step`` ran. ``error``: the relative error the forecast from the history (newest entry
+        at ``prev_step``) would have made there, max over the call's streams; None if not measurable."""
 
 
 class FixedRun(ScheduleRun):

@@ -6,7 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from ..freqca_core import METHODS
 from ..freqca_core.validation import check_float
 from .families import FAMILIES, detect_family
-from .hooks import FreqCaSettings, apply_freqca
+from .hooks import SCHEDULES, FreqCaSettings, apply_freqca
 
 DEFAULTS = FreqCaSettings()
 SUPPORTED = "; ".join(f.name for f in FAMILIES)
@@ -30,7 +30,8 @@ class FreqCaAccelerate(io.ComfyNode):
                                        "taylor: Taylor forecast of the whole feature (TaylorSeer-like)."),
                 io.Int.Input("interval", default=DEFAULTS.interval, min=1, max=100,
                              tooltip="Run the full model every N steps after warm-up; the steps between are "
-                                     "cached. 1 = no caching. Higher is faster and less faithful."),
+                                     "cached. 1 = no caching. Higher is faster and less faithful. With the "
+                                     "adaptive schedule: the most steps from one full step to the next."),
                 io.Int.Input("warmup_steps", default=DEFAULTS.warmup, min=0, max=100,
                              tooltip="First steps always computed in full (the layout forms there)."),
                 io.Int.Input("final_full_steps", default=DEFAULTS.final_full, min=0, max=100,
@@ -46,6 +47,14 @@ class FreqCaAccelerate(io.ComfyNode):
                                tooltip="Fraction of the steps after which nothing is cached."),
                 io.Boolean.Input("verbose", default=DEFAULTS.verbose,
                                  tooltip="Log the decision of every model call, not only the per-run summary."),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default=DEFAULTS.schedule,
+                               tooltip="fixed: a full step every `interval` steps. adaptive: each run measures "
+                                       "its forecast's error at its full steps and places the next full step "
+                                       "where the expected error reaches `tolerance`, at most `interval` "
+                                       "steps later (more full steps where features move fast)."),
+                io.Float.Input("tolerance", default=DEFAULTS.tolerance, min=0.0, max=10.0, step=0.005,
+                               tooltip="Adaptive schedule only: the expected relative feature error allowed "
+                                       "at a cached step (noise-weighted). Lower is more faithful and slower."),
             ],
             outputs=[io.Model.Output(tooltip="The model with FreqCa attached (the input model is unchanged).")],
             hidden=[io.Hidden.unique_id],
@@ -56,13 +65,15 @@ class FreqCaAccelerate(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, method: str | None = None, start_percent: float | None = None,
-                        end_percent: float | None = None) -> bool | str:
+                        end_percent: float | None = None, schedule: str | None = None) -> bool | str:
         # Only the inputs named here: ComfyUI skips its own min/max checks for them, and for every input if
         # this took **kwargs (it would also repeat our message once per input). ComfyUI 0.3.64 does not check
         # V3 combo values at all, so ``method`` is checked here. A linked input is None here (its value is not
         # known yet); execute() checks it then.
         if method is not None and method not in METHODS:
             return f"method must be one of {', '.join(METHODS)}; got {method!r}"
+        if schedule is not None and schedule not in SCHEDULES:
+            return f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}"
         if start_percent is None or end_percent is None:
             return True
         for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
@@ -77,9 +88,11 @@ class FreqCaAccelerate(io.ComfyNode):
     @classmethod
     def execute(cls, model, method: str, interval: int, warmup_steps: int, final_full_steps: int,
                 cutoff: float, hermite_scale: float, start_percent: float, end_percent: float,
-                verbose: bool) -> io.NodeOutput:
+                verbose: bool, schedule: str = DEFAULTS.schedule, tolerance: float = DEFAULTS.tolerance
+                ) -> io.NodeOutput:
         settings = FreqCaSettings(method, interval, warmup_steps, final_full_steps, start_percent, end_percent,
-                                  cutoff, hermite_scale, verbose, node_id=cls.hidden.unique_id if cls.hidden else None)
+                                  cutoff, hermite_scale, verbose, schedule=schedule, tolerance=tolerance,
+                                  node_id=cls.hidden.unique_id if cls.hidden else None)
         family = detect_family(model.get_model_object("diffusion_model"))
         return io.NodeOutput(apply_freqca(model, settings, family))
 

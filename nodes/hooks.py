@@ -23,13 +23,14 @@ import torch
 import comfy.model_patcher
 import comfy.patcher_extension
 
-from ..freqca_core import CacheController, CallPlan, FixedSchedule, TokenLayout, make_method
+from ..freqca_core import AdaptiveSchedule, CacheController, CallPlan, FixedSchedule, TokenLayout, make_method
 from .families import BlockKey, DitFamily, call_arguments
 
 log = logging.getLogger("freqca")
 
 SETTINGS_KEY = "freqca_settings"
 RUN_KEY = "freqca_run"
+SCHEDULES = ("fixed", "adaptive")
 WRAPPER_KEY = "freqca"
 
 
@@ -46,6 +47,8 @@ class FreqCaSettings:
     cutoff: float = 0.1
     hermite_scale: float = 0.71
     verbose: bool = False
+    schedule: str = "fixed"
+    tolerance: float = 0.1
     node_id: str | None = None
     family: DitFamily | None = field(default=None, compare=False)
     prior_patches: dict = field(default_factory=dict, compare=False)  # block patches that were there before ours
@@ -57,7 +60,13 @@ class FreqCaSettings:
     def new_controller(self) -> CacheController:
         transform = self.family.transform if self.family is not None else "dct"
         method = make_method(self.method, cutoff=self.cutoff, transform=transform, hermite_scale=self.hermite_scale)
-        schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
+        if self.schedule == "fixed":
+            schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
+        elif self.schedule == "adaptive":
+            schedule = AdaptiveSchedule(self.tolerance, self.warmup, max_gap=self.interval,
+                                        final_full=self.final_full, start=self.start, end=self.end)
+        else:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         return CacheController(method, schedule)
 
 
@@ -145,7 +154,8 @@ class RunState:
         n = stats.n_steps if stats.n_steps is not None else len(stats.steps)
         mb = stats.peak_cache_bytes / 2 ** 20
         seconds = time.perf_counter() - self.started
-        text = (f"FreqCa Accelerate ({self.settings.method}, interval {self.settings.interval}): "
+        mode = "interval" if self.settings.schedule == "fixed" else "adaptive, max interval"
+        text = (f"FreqCa Accelerate ({self.settings.method}, {mode} {self.settings.interval}): "
                 f"{stats.full_steps}/{n} steps full, {stats.cached_steps} cached, "
                 f"CRF cache {mb:.2f} MB, {seconds:.1f} s [{stats.timeline()}]")
         if stats.fallbacks:
@@ -271,7 +281,7 @@ def _show_on_node(node_id: str | None, text: str) -> None:
 
     Sends the text (``send_progress_text``: any front-end shows it) and the ``freqca.stats`` event read
     by ``web/freqca.js``: ``{"node", "text"}`` plus, parsed from the summary line, ``method``,
-    ``interval``, ``steps``, ``full``, ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full,
+    ``schedule`` (fixed or adaptive), ``interval`` (the maximum interval when adaptive), ``steps``, ``full``, ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full,
     ``c`` cached, ``.`` not called), ``fallbacks`` and ``speedup`` (steps / full steps).
     """
     if node_id is None:
@@ -279,13 +289,15 @@ def _show_on_node(node_id: str | None, text: str) -> None:
     import re
 
     stats: dict = {"node": str(node_id), "text": text}
-    match = re.search(r"\((?P<method>[^,()]+), interval (?P<interval>\d+)\): (?P<full>\d+)/(?P<steps>\d+) steps "
+    match = re.search(r"\((?P<method>[^,()]+), (?P<schedule>interval|adaptive, max interval) (?P<interval>\d+)\): (?P<full>\d+)/(?P<steps>\d+) steps "
                       r"full, (?P<cached>\d+) cached, CRF cache (?P<cache_mb>[\d.]+) MB, (?P<seconds>[\d.]+) s "
                       r"\[(?P<timeline>[Fc.]*)\](?:; (?P<fallbacks>\d+) calls fell back)?", text)
     if match:
         for key, value in match.groupdict().items():
             if key in ("method", "timeline"):
                 stats[key] = value
+            elif key == "schedule":
+                stats[key] = "fixed" if value == "interval" else "adaptive"
             elif key in ("cache_mb", "seconds"):
                 stats[key] = float(value)
             else:

@@ -23,15 +23,18 @@ const MIN_CELL = 5;
 const MAX_CELL = 22;
 const MAX_HOPS = 8;
 
-// Mirror of freqca_core.schedule.FixedSchedule.is_full (the Python side stays the authority: after a
-// run the real timeline replaces this plan).
-function isFull(step, n, s) {
+// Mirror of freqca_core.schedule.FixedSchedule.forced_full / is_full (the Python side stays the
+// authority: after a run the real timeline replaces this plan). "F" full, "c" cached, "?" decided during
+// the run (adaptive schedule).
+function planOf(step, n, s) {
   let origin = Math.max(s.warmup_steps, 1);
   if (n != null) {
     origin = Math.max(origin, Math.ceil(s.start_percent * n - 1e-9));
-    if (step >= s.end_percent * n - 1e-9 || step >= n - s.final_full_steps) return true;
+    if (step >= s.end_percent * n - 1e-9 || step >= n - s.final_full_steps) return "F";
   }
-  return step < origin || (step - origin + 1) % s.interval === 0;
+  if (step < origin) return "F";
+  if (s.schedule === "adaptive") return "?";
+  return (step - origin + 1) % s.interval === 0 ? "F" : "c";
 }
 
 function settingsOf(node) {
@@ -41,6 +44,7 @@ function settingsOf(node) {
   };
   return {
     method: get("method", "freqca"),
+    schedule: get("schedule", "fixed"),
     interval: Math.max(1, Number(get("interval", 6))),
     warmup_steps: Number(get("warmup_steps", 3)),
     final_full_steps: Number(get("final_full_steps", 0)),
@@ -52,7 +56,7 @@ function settingsOf(node) {
 function plannedTimeline(node, n) {
   const s = settingsOf(node);
   let t = "";
-  for (let i = 0; i < n; i++) t += isFull(i, n, s) ? "F" : "c";
+  for (let i = 0; i < n; i++) t += planOf(i, n, s);
   return t;
 }
 
@@ -102,6 +106,13 @@ function speedupText(steps, full) {
   return full > 0 ? `${(steps / full).toFixed(1)}\u00d7` : "\u2013";
 }
 
+// "18/28 full · est. 1.6×" for a plan; an adaptive plan only knows its forced full steps.
+function planText(timeline, steps) {
+  const full = count(timeline, "F");
+  if (timeline.includes("?")) return `${full}/${steps} full + adaptive (decided while sampling)`;
+  return `${full}/${steps} full \u00b7 est. ${speedupText(steps, full)}`;
+}
+
 // What the widget shows now: {title, timeline, done (cells drawn solid), detail}.
 function view(node) {
   const st = node.freqca ?? {};
@@ -112,9 +123,8 @@ function view(node) {
   if (st.live) {
     const { value, max } = st.live;
     const timeline = plannedTimeline(node, max);
-    const full = count(timeline, "F");
     return {
-      title: `sampling ${value}/${max} \u00b7 ${full}/${max} full \u00b7 est. ${speedupText(max, full)}`,
+      title: `sampling ${value}/${max} \u00b7 ${planText(timeline, max)}`,
       timeline,
       done: value,
       detail: `${settingsOf(node).method} \u00b7 planned; the run's own numbers follow at the end`,
@@ -141,9 +151,8 @@ function view(node) {
              detail: "F = full step, c = cached step" };
   }
   const timeline = plannedTimeline(node, sampler.steps);
-  const full = count(timeline, "F");
   return {
-    title: `planned ${full}/${sampler.steps} full \u00b7 est. ${speedupText(sampler.steps, full)}`,
+    title: `planned ${planText(timeline, sampler.steps)}`,
     timeline,
     done: 0,
     detail: `${settingsOf(node).method} \u00b7 ${sampler.steps} steps of ${sampler.title} \u00b7 run to measure`,

@@ -149,3 +149,37 @@ def test_bad_input_names_the_input(pack, flux):
         accelerate(pack, flux, interval=0)
     with pytest.raises(ValueError, match="cutoff"):
         accelerate(pack, flux, cutoff=1.5)
+
+
+def test_adaptive_schedule_in_comfyui(pack, testbed, caplog):
+    """schedule=adaptive: full steps follow the measured error (fewer at a larger tolerance), the blocks run
+    exactly at the reported full steps, cond and uncond (batched at CFG 3) decide together."""
+    import logging
+
+    conds = prompt_conditioning(3)
+    run = dict(steps=20, cfg=3.0, latent=pixel_latent(), seed=2)
+    reference = sample(testbed, *conds, **run)
+    counts = []
+    for tolerance in (0.02, 0.3):
+        fast = accelerate(pack, testbed, schedule="adaptive", tolerance=tolerance, interval=10, warmup_steps=3)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="freqca"), count_block_calls(testbed) as calls:
+            out = sample(fast, *conds, **run)
+        summary = next(r.getMessage() for r in caplog.records if "steps full" in r.getMessage())
+        assert "(freqca, adaptive, max interval 10)" in summary
+        full = int(summary.split("): ")[1].split("/")[0])
+        timeline = summary.split("[")[1].split("]")[0]
+        assert timeline.startswith("FFF") and timeline.count("F") == full
+        assert calls.total == full * len(testbed.model.diffusion_model.double_blocks) + full * len(
+            testbed.model.diffusion_model.single_blocks)
+        assert psnr(out, reference) > 20
+        counts.append(full)
+    assert counts[0] > counts[1]
+
+
+def test_adaptive_schedule_rejects_bad_inputs(pack, flux):
+    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
+
+    with pytest.raises(ValueError, match="tolerance"):
+        accelerate(pack, flux, schedule="adaptive", tolerance=-1.0)
+    assert "schedule must be one of fixed, adaptive" in FreqCaAccelerate.validate_inputs(schedule="sometimes")

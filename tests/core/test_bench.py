@@ -133,7 +133,7 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
     assert data["model"] == "testbed" and data["steps"] == 6 and data["seeds"] == 1
     assert data["resolution"] == [32, 32] and data["timing_only"] is False
     methods = [r["method"] for r in data["runs"]]
-    assert methods == ["none", "freqca", "reuse", "taylor", "adaptive"]
+    assert methods == ["none", "freqca", "reuse", "taylor", "adaptive", "freqca-adaptive", "reuse-adaptive"]
     for r in data["runs"]:
         assert all(key in r for key in CONTRACT), r
         assert 1 <= r["full_steps"] <= 6 and 0 < r["nfe_ratio"] <= 1
@@ -147,7 +147,9 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
             assert -1 <= r["ssim"] <= 1 and r["rel_l1"] >= 0
     fixed = [r for r in data["runs"] if r["method"] in ("freqca", "reuse", "taylor")]
     assert all(r["full_steps"] == 4 and r["flops_speedup"] > 1.2 for r in fixed)
-    assert data["runs"][-1]["params"]["target_full_steps"] == 4
+    calibrated = [r for r in data["runs"] if r["method"].endswith("adaptive")]
+    assert all(r["params"]["target_full_steps"] == 4 for r in calibrated)
+    assert all(r["params"]["tolerance"] > 0 for r in calibrated if r["method"] != "adaptive")
     for name in ("grid.png", "pareto.png"):
         with Image.open(out / name) as im:
             im.verify()
