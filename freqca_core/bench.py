@@ -39,10 +39,14 @@ from .methods import make_method
 from .metrics import fidelity
 from .runner import Generation, Sampling, flops_per_sample, generate, median_call_seconds, randomize, run_cost
 from .adaptive import AdaptiveSchedule
+from .feb import LEVELS as FEB_LEVELS
+from .feb import FEBMethod, FEBSchedule, load_tables, pick_table
 from .schedule import FixedSchedule
 
 WARMUP = 3
 ADAPTIVE_MAX_GAP = 12  # the adaptive schedule's largest interval in the benchmark
+FEB_TABLES = Path(__file__).resolve().parent / "testbed" / "weights" / "feb_table.json"
+FEB_DELTA = 0.965  # FEB-Cache's exposure scale (the node's default)
 CFG = 3.0
 SHIFT = 2.0
 REPORT_SEED_BASE = 100     # reported noise seeds: 100, 101, ...
@@ -68,7 +72,7 @@ class Spec:
     steps: int = 50
     seeds: int = 4
     intervals: tuple[int, ...] = (3, 4, 6, 9)
-    methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "adaptive")
+    methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "frdiff", "adaptive", "feb")
     adaptive_schedule: tuple[str, ...] = ("freqca", "reuse")  # methods also run on the adaptive schedule
     repeats: int = 2
     calib_iters: int = 10
@@ -103,10 +107,25 @@ def schedule_configs(spec: Spec) -> list[Config]:
         schedule = FixedSchedule(warmup=WARMUP, interval=n)
         budget = len(schedule.full_steps(spec.steps))
         for name in spec.methods:
-            if name == "adaptive":
+            if name in ("adaptive", "feb"):
                 continue
             params = {"warmup": WARMUP, "interval": n, **make_method(name, order=2).describe()}
             configs.append(Config(name, params, budget, _controller_factory(name, schedule)))
+    return configs
+
+
+def feb_configs(spec: Spec) -> list[Config]:
+    """FEB-Cache with the tables derived for the testbed (``febprobe``), one per speed level, at the
+    node's exposure scale; each row's budget is its own count of steps whose blocks run."""
+    tables, _ = load_tables(FEB_TABLES)
+    configs = []
+    for level in FEB_LEVELS:
+        table = pick_table(tables, level, spec.steps)
+        counts = table.counts(spec.steps)
+        params = {"level": level, "table": table.timeline(spec.steps), "delta": FEB_DELTA,
+                  "table_steps": table.n_ref, **counts}
+        configs.append(Config("feb", params, counts["full"] + counts["attn"],
+                              lambda t=table: CacheController(FEBMethod(t, FEB_DELTA), FEBSchedule(t))))
     return configs
 
 
@@ -177,8 +196,8 @@ def measure_flops(model, table, method_name: str, prompt: int, seed: int, spec: 
         method, steps = None, 1
     elif method_name == "adaptive":
         method, steps = AdaptiveOutputCache(1e9, warmup=2), 3
-    else:  # a cached call costs the same on any schedule
-        base = method_name.removesuffix("-adaptive")
+    else:  # a cached call costs the same on any schedule; FEB's skips the blocks as reuse's does
+        base = "reuse" if method_name == "feb" else method_name.removesuffix("-adaptive")
         method = CacheController(make_method(base, order=2), FixedSchedule(warmup=1, interval=1000))
         steps = 2
     run = Sampling(model, [prompt], [seed], steps, spec.cfg, method, table=table, shift=spec.shift, size=size,
@@ -275,6 +294,8 @@ def run_testbed(spec: Spec, model, table, progress: Progress) -> tuple[dict, lis
     if "adaptive" in spec.methods:
         configs += calibrate_adaptive(model, table, spec, budgets, progress, size)
     configs += calibrate_schedules(model, table, spec, budgets, progress, size)
+    if "feb" in spec.methods:
+        configs += feb_configs(spec)
     runs, images = run_configs(model, table, spec, configs, progress, size=size, seeds=seeds, prompts=prompts)
     names = list(getattr(table, "names", []))
     result = _header(spec, "testbed", size, seeds, [names[p] if p < len(names) else str(p) for p in prompts])

@@ -26,6 +26,7 @@ from typing import Any, Hashable, Sequence
 import torch
 
 from .cache import CRFHistory, StreamCache
+from .feb import AttentionCache, AttentionCall, exposure_scale
 from .methods import CacheMethod
 from .schedule import FixedSchedule, ScheduleRun, StepLocator, same_sigma
 from .spectral import TokenLayout
@@ -44,6 +45,7 @@ class CallPlan:
     layout: TokenLayout
     crf: torch.Tensor | None = None
     reason: str = ""
+    attention: str | None = None  # at a full call: "store" or "serve" the attention kernels (FEB-Cache)
 
 
 @dataclass
@@ -55,6 +57,8 @@ class RunStats:
     cached_calls: int = 0
     fallbacks: int = 0
     peak_cache_bytes: int = 0
+    attention_served: int = 0  # attention kernel calls answered from the cache (FEB-Cache)
+    attention_computed: int = 0  # ... that had to be computed at attention-reuse steps (nothing fitting stored)
     steps: dict[int, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -66,10 +70,15 @@ class RunStats:
     def cached_steps(self) -> int:
         return sum(1 for mode in self.steps.values() if mode == "cached")
 
+    @property
+    def attention_steps(self) -> int:
+        """Steps whose blocks ran with their attention kernels served from the cache."""
+        return sum(1 for mode in self.steps.values() if mode == "attn")
+
     def timeline(self) -> str:
-        """One character per step: ``F`` full, ``c`` cached, ``.`` not called."""
+        """One character per step: ``F`` full, ``a`` attention reused, ``c`` cached, ``.`` not called."""
         n = self.n_steps if self.n_steps is not None else (max(self.steps) + 1 if self.steps else 0)
-        return "".join({"full": "F", "cached": "c"}.get(self.steps.get(i, ""), ".") for i in range(n))
+        return "".join({"full": "F", "attn": "a", "cached": "c"}.get(self.steps.get(i, ""), ".") for i in range(n))
 
 
 class CacheController:
@@ -92,6 +101,7 @@ class CacheController:
         self.run: ScheduleRun = self.schedule.start_run(self.locator)
         self.decisions: dict[int, bool] = {}  # step -> full: every call of a step (cond, uncond) alike
         self.outputs: dict[Hashable, torch.Tensor] = {}  # stream -> last full call's output (output mixing)
+        self.attention = AttentionCache(self.offload_device)  # kernel outputs, for methods with attention_mode
 
     def is_full(self, step: int) -> bool:
         """The schedule's decision for ``step``, fixed at the step's first call."""
@@ -99,13 +109,17 @@ class CacheController:
             self.decisions[step] = self.run.is_full(step)
         return self.decisions[step]
 
-    def plan(self, sigma: float, streams: Sequence[Hashable], batch: int, layout: TokenLayout) -> CallPlan:
-        """Plan a call at ``sigma`` whose batch of ``batch`` rows is split evenly over ``streams``."""
+    def plan(self, sigma: float, streams: Sequence[Hashable], batch: int, layout: TokenLayout,
+             embedding: torch.Tensor | None = None) -> CallPlan:
+        """Plan a call at ``sigma`` whose batch of ``batch`` rows is split evenly over ``streams``.
+        ``embedding`` ``[B, L, D]``: the image rows entering the first block (needed by ``residual`` methods)."""
         sigma = float(sigma)
         streams = tuple(streams) or (0,)
         step = self.locator.step_of(sigma)
         plan = CallPlan(True, sigma, step, streams, layout)
         if step is None or self.is_full(step):
+            if step is not None:
+                plan.attention = self.method.attention_mode(step, self.locator.n_steps)
             return self._count(plan)
         if batch % len(streams):
             return self._fallback(plan, f"batch {batch} does not split over {len(streams)} streams")
@@ -117,18 +131,27 @@ class CacheController:
             crf = torch.cat([self.method.predict(h, sigma, layout) for h in histories], dim=0)
         except Exception as exc:  # a broken forecast must never break the sampling run
             return self._fallback(plan, f"forecast failed: {exc!r}", warn=True)
+        if self.method.residual:
+            if embedding is None or embedding.shape != crf.shape:
+                return self._fallback(plan, "no embedding of the call's image rows to add the residual to")
+            crf = crf + embedding.to(crf)
         if not torch.isfinite(crf).all():
             return self._fallback(plan, "forecast is not finite", warn=True)
         plan.full, plan.crf = False, crf
         return self._count(plan)
 
-    def record(self, plan: CallPlan, crf: torch.Tensor) -> None:
-        """Store the CRF ``[B, L, D]`` computed by a full call."""
+    def record(self, plan: CallPlan, crf: torch.Tensor, embedding: torch.Tensor | None = None) -> None:
+        """Store the CRF ``[B, L, D]`` computed by a full call (``residual`` methods: ``crf - embedding``)."""
         if plan.step is None:
             return
         if not torch.isfinite(crf).all():
             self._warn(f"step {plan.step}: computed CRF is not finite; not cached")
             return
+        if self.method.residual:
+            if embedding is None or embedding.shape != crf.shape:
+                self._warn(f"step {plan.step}: no embedding of the image rows; not cached")
+                return
+            crf = crf - embedding.to(crf)
         errors, prev_steps = [], []
         for key, chunk in zip(plan.streams, crf.chunk(len(plan.streams), dim=0)):
             history = self.cache.history(key)
@@ -140,7 +163,7 @@ class CacheController:
             # make the forecast's divided differences divide by ~1e-7
             history.entries = [e for e in history.entries if not same_sigma(plan.sigma, e.sigma)]
             self.cache.push(key, plan.sigma, plan.step, chunk)
-        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.cache.nbytes)
+        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.cache.nbytes + self.attention.nbytes)
         if self.run.wants_errors:
             measured = [e for e in errors if e is not None]
             self.run.observe(plan.step, max(measured) if measured else None, max(prev_steps, default=None))
@@ -171,10 +194,20 @@ class CacheController:
         error = float((forecast - truth).abs().mean() / truth.abs().mean().clamp_min(1e-12))
         return (error, past.entries[0].step) if math.isfinite(error) else (None, None)
 
-    def finish_call(self, plan: CallPlan, out: torch.Tensor) -> torch.Tensor:
-        """The call's model output ``[B, ...]``, after the method's output mixing (if any): a full call's
-        output is kept per stream; a cached call's becomes ``w * kept + (1 - w) * out`` with
-        ``w = method.output_weight(step, n_steps)``."""
+    def attention_override(self, plan: CallPlan) -> AttentionCall | None:
+        """The call's attention-kernel override (``override(func, *args, **kwargs)``), or None."""
+        if plan.attention is None:
+            return None
+        return self.attention.override(plan.streams, serve=plan.attention == "serve" and len(self.attention) > 0)
+
+    def finish_call(self, plan: CallPlan, out: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The call's model output ``[B, ...]`` after the method's output handling: exposure scaling of a
+        cached (or attention-reusing) call's flow velocity by ``method.delta`` when the model input ``x``
+        is given, and output mixing (FRDiff): a full call's output is kept per stream; a cached call's
+        becomes ``w * kept + (1 - w) * out`` with ``w = method.output_weight(step, n_steps)``."""
+        reused = not plan.full or plan.attention == "serve"
+        if reused and self.method.delta != 1.0 and x is not None and plan.step is not None:
+            out = exposure_scale(out, x[:, : out.shape[1]], plan.sigma, self.method.delta, "flow")
         if plan.step is None or not self.method.mixes_output:
             return out
         chunks = out.chunk(len(plan.streams), dim=0)
@@ -198,8 +231,10 @@ class CacheController:
 
     def end_run(self) -> RunStats:
         """Release the stored tensors and return the run's statistics."""
+        self.stats.attention_served, self.stats.attention_computed = self.attention.hits, self.attention.misses
         self.cache.clear()
         self.outputs.clear()
+        self.attention.clear()
         return self.stats
 
     def _count(self, plan: CallPlan) -> CallPlan:
@@ -208,7 +243,7 @@ class CacheController:
         else:
             self.stats.cached_calls += 1
         if plan.step is not None:
-            mode = "full" if plan.full else "cached"
+            mode = ("attn" if plan.attention == "serve" else "full") if plan.full else "cached"
             if self.stats.steps.get(plan.step) != "full":
                 self.stats.steps[plan.step] = mode
         return plan

@@ -10,8 +10,9 @@
 3. Derives a table per level (``feb.derive_table``) for each step count and writes them, with the
    measurement summary, to ``testbed/weights/feb_table.json``.
 4. Exposure bias: a simple cache (CRF reused at every other step) with the flow ``exposure_scale`` at the
-   cached steps, PSNR against uncached for several deltas; and the derived tables run end to end (attention
-   kernels served by ``AttentionCache``; ``"both"`` = last computed block residuals reused).
+   cached steps, PSNR against uncached for several deltas; and the derived tables run end to end through
+   the ``CacheController`` (``FEBMethod``: attention kernels served at ``attn`` steps, the last computed
+   block residuals at ``both`` steps).
 """
 from __future__ import annotations
 
@@ -26,11 +27,10 @@ from torch import Tensor
 
 from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, calib_prompts, report_prompts
 from .controller import CacheController
-from .feb import (ATTN, BOTH, FULL, LEVELS, AttentionCache, CacheTable, derive_table, exposure_scale,
-                  save_tables)
+from .feb import LEVELS, CacheTable, FEBMethod, FEBSchedule, derive_table, save_tables
 from .methods import make_method
 from .metrics import psnr, to_unit
-from .runner import conditioning, streams_for
+from .runner import conditioning, generate, streams_for
 from .schedule import FixedSchedule
 from .spectral import BandSplitter, TokenLayout
 from .testbed.model import WEIGHTS_DIR
@@ -165,57 +165,22 @@ def measure(model, table, steps: int, seeds: int, cutoffs: Sequence[float]) -> d
 
 # ------------------------------------------------------------------------------------------- sampling
 
-def uncached(run: Run) -> Tensor:
-    return run.sample(lambda i, x, s: run.model(x, torch.full((x.shape[0],), s), run.context, run.y))
+def generate_with(model, ptable, prompts: Sequence[int], seeds: Sequence[int], steps: int,
+                  method: Any = None) -> Tensor:
+    """Images of one sampling run (``runner.generate``, CFG 3, shift 2, 32x32) with ``method`` (a controller)."""
+    return generate(model, prompts, seeds, steps, CFG, method, table=ptable, shift=SHIFT, size=SIZE).images
 
 
-def reuse_every_other(run: Run, delta: float) -> Tensor:
-    """CRF reused at every other step (``CacheController`` + ``reuse``); flow exposure scaling at cached steps."""
-    ctrl = CacheController(make_method("reuse"), FixedSchedule(warmup=1, interval=2))
-    ctrl.start_run(run.sigmas)
-    layout = None
-
-    def call(i: int, x: Tensor, s: float) -> Tensor:
-        nonlocal layout
-        e = run.embed(x, s)
-        layout = layout or TokenLayout.grid(*e.grid)
-        plan = ctrl.plan(s, run.streams, x.shape[0], layout)
-        if plan.full:
-            crf = run.model.run_blocks(e)
-            ctrl.record(plan, crf)
-        else:
-            crf = plan.crf
-        out = run.model.final(crf, e)
-        return out if plan.full else exposure_scale(out, x, s, delta, "flow")
-
-    x = run.sample(call)
-    ctrl.end_run()
-    return x
+def reuse_every_other(delta: float) -> CacheController:
+    """CRF reused at every other step, the cached steps' velocity exposure-scaled by ``delta``."""
+    method = make_method("reuse")
+    method.delta = delta
+    return CacheController(method, FixedSchedule(warmup=1, interval=2))
 
 
-def feb_sample(run: Run, table: CacheTable, delta: float = 1.0) -> tuple[Tensor, dict]:
-    """FEB-Cache on the testbed: ``full`` stores the attention kernels; ``attn`` serves them; ``both`` reuses
-    the block residuals of the last step whose blocks ran (``crf_last + img_now - img_last``)."""
-    cache = AttentionCache()
-    last: dict[str, Tensor] = {}
-    info = {"peak_attn_bytes": 0}
-
-    def call(i: int, x: Tensor, s: float) -> Tensor:
-        action = table.action(i, run.steps)
-        e = run.embed(x, s)
-        if action == BOTH and last:
-            crf = last["crf"] + (e.img - last["img"])
-        else:
-            serve = action == ATTN and len(cache) > 0
-            crf = run.model.run_blocks(e, attention_override=cache.override(run.streams, serve=serve))
-            last.update(crf=crf, img=e.img)
-            info["peak_attn_bytes"] = max(info["peak_attn_bytes"], cache.nbytes)
-        out = run.model.final(crf, e)
-        return out if action == FULL else exposure_scale(out, x, s, delta, "flow")
-
-    x = run.sample(call)
-    info.update(hits=cache.hits, misses=cache.misses)
-    return x, info
+def feb(table: CacheTable, delta: float = 1.0) -> CacheController:
+    """FEB-Cache with ``table``: attention kernels served at ``attn`` steps, block residuals at ``both``."""
+    return CacheController(FEBMethod(table, delta), FEBSchedule(table))
 
 
 def mean_psnr(a: Tensor, ref: Tensor) -> float:
@@ -269,12 +234,14 @@ def main(argv: list[str] | None = None) -> dict:
           "PSNR (dB) vs uncached, mean over seeds")
     sets = {"calib": (calib_prompts(args.seeds), [CALIB_SEED_BASE + i for i in range(args.seeds)]),
             "report": (report_prompts(args.seeds), [REPORT_SEED_BASE + i for i in range(args.seeds)])}
-    refs: dict[tuple[str, int], tuple[Run, Tensor]] = {}
+    refs: dict[tuple[str, int], Tensor] = {}
     for steps in args.steps:
         for name, (prompts, seeds) in sets.items():
-            run = Run(model, ptable, prompts, seeds, steps)
-            refs[(name, steps)] = (run, uncached(run))
-            row = {str(d): round(mean_psnr(reuse_every_other(run, d), refs[(name, steps)][1]), 3) for d in DELTAS}
+            def images(method: Any, steps: int = steps, prompts=prompts, seeds=seeds) -> Tensor:
+                return generate_with(model, ptable, prompts, seeds, steps, method)
+
+            refs[(name, steps)] = images(None)
+            row = {str(d): round(mean_psnr(images(reuse_every_other(d)), refs[(name, steps)]), 3) for d in DELTAS}
             meta["exposure_sweep"][f"{name}/{steps}"] = row
             print(f"{name:>6} {steps:>3} steps: " + "  ".join(f"d={d}: {v:.2f}" for d, v in row.items()))
 
@@ -282,25 +249,23 @@ def main(argv: list[str] | None = None) -> dict:
     for steps in args.steps:
         for lv in LEVELS:
             t = next(t for t in tables[lv] if t.n_ref == steps)
-            for name in sets:
-                run, ref = refs[(name, steps)]
+            for name, (prompts, seeds) in sets.items():
                 row = {}
                 for d in DELTAS:
-                    x, info = feb_sample(run, t, d)
-                    row[str(d)] = round(mean_psnr(x, ref), 3)
-                meta["feb_eval"][f"{lv}/{name}/{steps}"] = {"psnr": row, "counts": t.counts(),
-                                                            "peak_attn_bytes": info["peak_attn_bytes"]}
+                    x = generate_with(model, ptable, prompts, seeds, steps, feb(t, d))
+                    row[str(d)] = round(mean_psnr(x, refs[(name, steps)]), 3)
+                meta["feb_eval"][f"{lv}/{name}/{steps}"] = {"psnr": row, "counts": t.counts()}
                 print(f"{lv:>9} {name:>6} {steps:>3}: {t.counts()}  " + "  ".join(
                     f"d={d}: {v:.2f}" for d, v in row.items()))
     print("\n== uniform patterns after 3 full steps (last step full): attention-only reuse vs whole-block reuse")
     meta["pattern_check"] = {}
     for steps in args.steps:
-        for name in sets:
-            run, ref = refs[(name, steps)]
+        for name, (prompts, seeds) in sets.items():
             row = {}
             for pat in ("Fa", "Fb", "Faa", "Fbb", "Fab"):
                 t = CacheTable.parse("FFF" + (pat * steps)[:steps - 4] + "F")
-                row[pat] = round(mean_psnr(feb_sample(run, t)[0], ref), 3)
+                x = generate_with(model, ptable, prompts, seeds, steps, feb(t))
+                row[pat] = round(mean_psnr(x, refs[(name, steps)]), 3)
             meta["pattern_check"][f"{name}/{steps}"] = row
             print(f"{name:>6} {steps:>3}: " + "  ".join(f"{p}: {v:.2f}" for p, v in row.items()))
     meta["wall_s"] = round(time.perf_counter() - t0, 1)

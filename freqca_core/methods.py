@@ -4,6 +4,7 @@
 - ``reuse``: the whole CRF of the last full step (FORA-like).
 - ``taylor``: the whole CRF forecast by a Taylor/polynomial forecaster (TaylorSeer-like).
 - ``frdiff``: CRF reuse plus FRDiff's score mixing of cached outputs (``frdiff.FRDiffMethod``).
+- ``feb``: FEB-Cache (``feb.FEBMethod``, built with its cache table, which is also its schedule).
 """
 from __future__ import annotations
 
@@ -16,13 +17,20 @@ from .cache import CRFHistory
 from .forecast import Forecaster, HermiteForecaster, ReuseForecaster, TaylorForecaster
 from .spectral import BandSplitter, TokenLayout
 
-METHODS = ("freqca", "reuse", "taylor", "frdiff")
+METHODS = ("freqca", "reuse", "taylor", "frdiff", "feb")  # feb: built with its table (feb.FEBMethod)
 
 
 class CacheMethod(ABC):
     name: str
     history_size: int  # full-step CRFs kept per stream
     mixes_output = False  # whether cached calls mix in the last full call's output (``output_weight``)
+    residual = False  # whether the history holds ``crf - embedding`` and forecasts add the current embedding
+    delta = 1.0  # exposure-bias scale of cached calls' outputs (``feb.exposure_scale``; 1: none)
+
+    def attention_mode(self, step: int, n_steps: int | None) -> str | None:
+        """At a call whose blocks run: ``"store"`` its attention kernel outputs, ``"serve"`` the stored
+        ones instead of computing them, or None (attention untouched)."""
+        return None
 
     @abstractmethod
     def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
@@ -97,6 +105,9 @@ def make_method(name: str, *, cutoff: float = 0.1, transform: str = "dct", hermi
     if name == "frdiff":
         from .frdiff import FRDiffMethod  # frdiff imports this module
         return FRDiffMethod()
+    if name == "feb":
+        raise ValueError("method feb is built with its cache table, which is also its schedule: "
+                         "use feb.FEBMethod(table) with feb.FEBSchedule(table)")
     raise ValueError(f"method must be one of {', '.join(METHODS)}; got {name!r}")
 
 

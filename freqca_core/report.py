@@ -8,13 +8,15 @@ from typing import Any, Sequence
 
 import torch
 
-METHOD_ORDER = ("none", "freqca", "freqca-adaptive", "reuse", "reuse-adaptive", "taylor", "adaptive")
+METHOD_ORDER = ("none", "freqca", "freqca-adaptive", "reuse", "reuse-adaptive", "taylor", "frdiff", "adaptive",
+                "feb")
 METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "freqca-adaptive": "FreqCa, adaptive schedule",
                 "reuse": "reuse (FORA-like)", "reuse-adaptive": "reuse, adaptive schedule",
-                "taylor": "Taylor-2 (TaylorSeer-like)", "adaptive": "adaptive output (TeaCache/EasyCache-like)"}
+                "taylor": "Taylor-2 (TaylorSeer-like)", "frdiff": "FRDiff (reuse + score mixing)",
+                "adaptive": "adaptive output (TeaCache/EasyCache-like)", "feb": "FEB-Cache"}
 COLOURS = {"none": (0, 0, 0), "freqca": (214, 39, 40), "freqca-adaptive": (148, 103, 189),
            "reuse": (31, 119, 180), "reuse-adaptive": (23, 190, 207), "taylor": (44, 160, 44),
-           "adaptive": (255, 127, 14)}
+           "frdiff": (140, 86, 75), "adaptive": (255, 127, 14), "feb": (227, 119, 194)}
 TIMING_NOTE = "timing only (random weights), fidelity not meaningful"
 
 
@@ -46,6 +48,8 @@ def run_label(run: dict) -> str:
         return f"adaptive thr={p['threshold']:.3g}"
     if "tolerance" in p:
         return f"{run['method']} tol={p['tolerance']:.3g}"
+    if run["method"] == "feb":
+        return f"feb {p['level']}"
     return f"{run['method']} N={p['interval']}"
 
 
@@ -94,6 +98,8 @@ def markdown_table(result: dict) -> str:
             sched = "all steps"
         elif run["method"] == "adaptive":
             sched = f"threshold {p['threshold']:.3g} (budget {run['budget']})"
+        elif run["method"] == "feb":
+            sched = f"table {p['level']} `{p['table']}`, delta {p['delta']}"
         elif "tolerance" in p:
             sched = f"warm-up {p['warmup']}, tolerance {p['tolerance']:.3g} (budget {run['budget']})"
         else:

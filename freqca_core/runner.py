@@ -38,13 +38,13 @@ def cached_velocity(model: nn.Module, controller: CacheController, x: Tensor, si
                     y: Tensor, streams: Sequence[str], guidance: Tensor | None = None) -> Tensor:
     """One model call through the cache: ``x [B, C, H, W]`` at ``sigma`` -> velocity ``[B, C, H, W]``."""
     e = model.embed(x, _sigma_tensor(sigma, x.shape[0], x), context, y, guidance)
-    plan = controller.plan(float(sigma), streams, x.shape[0], TokenLayout.grid(*e.grid))
+    plan = controller.plan(float(sigma), streams, x.shape[0], TokenLayout.grid(*e.grid), embedding=e.img)
     if plan.full:
-        crf = model.run_blocks(e)
-        controller.record(plan, crf)
+        crf = model.run_blocks(e, attention_override=controller.attention_override(plan))
+        controller.record(plan, crf, embedding=e.img)
     else:
         crf = plan.crf
-    return controller.finish_call(plan, model.final(crf, e))
+    return controller.finish_call(plan, model.final(crf, e), x)
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:

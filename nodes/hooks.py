@@ -9,10 +9,15 @@
   calls every block returns its inputs unchanged and the last one writes the forecast CRF into the image
   rows, so only the embeddings and the final layer run, with the current timestep. At full calls the
   blocks run (through any patch that was there before ours) and the last one records the CRF.
+- After the call the wrapper hands the output to the controller (FRDiff's score mixing, FEB-Cache's
+  exposure scaling of a flow model's velocity).
+- FEB-Cache only: ``transformer_options["optimized_attention_override"]`` (chaining an override that was
+  there before) stores every attention kernel's output at full calls and serves it at attention-reuse calls.
 Nothing is stored on the model or in module globals; the loaded model is never modified.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -21,9 +26,11 @@ from typing import Callable
 import torch
 
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.patcher_extension
 
 from ..freqca_core import AdaptiveSchedule, CacheController, CallPlan, FixedSchedule, TokenLayout, make_method
+from ..freqca_core.feb import FEBMethod, FEBSchedule, default_table
 from .families import BlockKey, DitFamily, call_arguments
 
 log = logging.getLogger("freqca")
@@ -31,6 +38,8 @@ log = logging.getLogger("freqca")
 SETTINGS_KEY = "freqca_settings"
 RUN_KEY = "freqca_run"
 SCHEDULES = ("fixed", "adaptive")
+FEB_REFERENCE_STEPS = 50  # FEB-Cache table length when a run's step count is unknown
+ATTENTION_KEY = "optimized_attention_override"
 WRAPPER_KEY = "freqca"
 
 
@@ -49,6 +58,10 @@ class FreqCaSettings:
     verbose: bool = False
     schedule: str = "fixed"
     tolerance: float = 0.1
+    feb_level: str = "balanced"
+    exposure_delta: float = 0.965
+    offload: bool = False
+    flow: bool = False  # a flow model (x_t = (1 - s) x0 + s noise, velocity output): FEB's exposure scaling
     node_id: str | None = None
     family: DitFamily | None = field(default=None, compare=False)
     prior_patches: dict = field(default_factory=dict, compare=False)  # block patches that were there before ours
@@ -56,8 +69,14 @@ class FreqCaSettings:
     def __post_init__(self) -> None:
         self.new_controller()  # raises ValueError naming a bad input
         make_method("freqca", cutoff=self.cutoff, hermite_scale=self.hermite_scale)  # also when unused
+        FEBMethod(default_table(FEB_REFERENCE_STEPS, self.feb_level), self.exposure_delta)
 
-    def new_controller(self) -> CacheController:
+    def new_controller(self, n_steps: int | None = None) -> CacheController:
+        """A controller for one run of ``n_steps`` steps (None: unknown)."""
+        offload = torch.device("cpu") if self.offload else None
+        if self.method == "feb":  # FEB-Cache: its cache table is the schedule
+            table = default_table(n_steps or FEB_REFERENCE_STEPS, self.feb_level)
+            return CacheController(FEBMethod(table, self.exposure_delta), FEBSchedule(table), offload_device=offload)
         transform = self.family.transform if self.family is not None else "dct"
         method = make_method(self.method, cutoff=self.cutoff, transform=transform, hermite_scale=self.hermite_scale)
         if self.schedule == "fixed":
@@ -67,7 +86,7 @@ class FreqCaSettings:
                                         final_full=self.final_full, start=self.start, end=self.end)
         else:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-        return CacheController(method, schedule)
+        return CacheController(method, schedule, offload_device=offload)
 
 
 class RunState:
@@ -75,10 +94,13 @@ class RunState:
 
     def __init__(self, settings: FreqCaSettings, sample_sigmas: torch.Tensor | None) -> None:
         self.settings = settings
-        self.controller = settings.new_controller()
+        n_steps = len(sample_sigmas) - 1 if sample_sigmas is not None and len(sample_sigmas) > 1 else None
+        self.controller = settings.new_controller(n_steps)
         self.controller.start_run(sample_sigmas)
         self.layout: TokenLayout | None = None  # image tokens known from the latent of the call in flight
         self.plan: CallPlan | None = None
+        self.embedding: torch.Tensor | None = None  # the call's image rows entering the first block
+        self.attention_call = None  # the call's attention-kernel override (FEB-Cache), if any
         self.n_img = 0
         self.started = time.perf_counter()
         self.recorded = False  # the call in flight reached our last block's record
@@ -95,7 +117,9 @@ class RunState:
             known if extra == 0 else TokenLayout.grid(self.n_img))
         streams = options.get("uuids") or options.get("cond_or_uncond") or [0]
         sigma = float(options["sigmas"].flatten()[0])
-        self.plan = self.controller.plan(sigma, streams, img.shape[0], layout)
+        self.embedding = self.image_rows(img) if self.controller.method.residual else None
+        self.plan = self.controller.plan(sigma, streams, img.shape[0], layout, embedding=self.embedding)
+        self.attention_call = self.controller.attention_override(self.plan) if self.plan.full else None
         if not self.plan.full:
             try:
                 self.prepare_cached(img)
@@ -122,13 +146,15 @@ class RunState:
                 log.warning("FreqCa: a model call did not reach FreqCa's first or last block patch (replaced by "
                             "another node applied after FreqCa Accelerate?); such calls run uncached")
         self.recorded = False
+        self.embedding = self.attention_call = None
 
-    def finish_call(self, out: torch.Tensor) -> torch.Tensor:
-        """The model output of the call, after the method's output mixing (FRDiff); unchanged on failure."""
+    def finish_call(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """The model output of the call after the method's output handling (FRDiff's mixing, FEB-Cache's
+        exposure scaling of a flow model's velocity given its input ``x``); unchanged on failure."""
         if self.plan is None:
             return out
         try:
-            return self.controller.finish_call(self.plan, out)
+            return self.controller.finish_call(self.plan, out, x)
         except Exception as exc:  # the computed output stands
             log.warning("FreqCa: output mixing failed (%r); using the computed output", exc)
             return out
@@ -144,22 +170,47 @@ class RunState:
             out["img"] = torch.cat([img[:, : img.shape[1] - self.n_img], crf], dim=1)
         return out
 
+    def image_rows(self, img: torch.Tensor) -> torch.Tensor:
+        """The ``n_img`` image rows of a block's ``img`` stream ``[B, rows, D]``."""
+        return img[:, : self.n_img] if self.settings.family.image_rows == "first" else img[:, img.shape[1] - self.n_img:]
+
     def record(self, out: dict) -> None:
-        img = out["img"]
-        first = self.settings.family.image_rows == "first"
-        self.controller.record(self.plan, img[:, : self.n_img] if first else img[:, img.shape[1] - self.n_img:])
+        self.controller.record(self.plan, self.image_rows(out["img"]), embedding=self.embedding)
+
+    def schedule_text(self) -> str:
+        settings = self.settings
+        if settings.method == "feb":
+            return f"table {settings.feb_level}"
+        if settings.schedule == "adaptive":
+            return f"adaptive, max interval {settings.interval}"
+        return f"interval {settings.interval}"
+
+    def report(self) -> dict:
+        """The run's numbers for the front-end (``freqca.stats``): ``method``, ``schedule`` (fixed,
+        adaptive or table), ``interval``, ``steps``, ``full``, ``attention`` (steps that reused attention),
+        ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full, ``a`` attention reused, ``c``
+        cached, ``.`` not called), ``fallbacks``, ``missed`` and ``speedup`` (steps / full steps)."""
+        stats, settings = self.controller.stats, self.settings
+        steps = stats.n_steps if stats.n_steps is not None else len(stats.steps)
+        return {"method": settings.method, "interval": settings.interval,
+                "schedule": "table" if settings.method == "feb" else settings.schedule,
+                "steps": steps, "full": stats.full_steps, "attention": stats.attention_steps,
+                "cached": stats.cached_steps, "cache_mb": round(stats.peak_cache_bytes / 2 ** 20, 2),
+                "seconds": round(time.perf_counter() - self.started, 1), "timeline": stats.timeline(),
+                "fallbacks": stats.fallbacks, "missed": self.missed,
+                "speedup": round(steps / stats.full_steps, 2) if stats.full_steps else None}
 
     def summary(self) -> str:
-        stats = self.controller.stats
-        n = stats.n_steps if stats.n_steps is not None else len(stats.steps)
-        mb = stats.peak_cache_bytes / 2 ** 20
-        seconds = time.perf_counter() - self.started
-        mode = "interval" if self.settings.schedule == "fixed" else "adaptive, max interval"
-        text = (f"FreqCa Accelerate ({self.settings.method}, {mode} {self.settings.interval}): "
-                f"{stats.full_steps}/{n} steps full, {stats.cached_steps} cached, "
-                f"CRF cache {mb:.2f} MB, {seconds:.1f} s [{stats.timeline()}]")
-        if stats.fallbacks:
-            text += f"; {stats.fallbacks} calls fell back to full compute"
+        r = self.report()
+        text = (f"FreqCa Accelerate ({r['method']}, {self.schedule_text()}): "
+                f"{r['full']}/{r['steps']} steps full, {r['cached']} cached, "
+                f"CRF cache {r['cache_mb']:.2f} MB, {r['seconds']:.1f} s [{r['timeline']}]")
+        if r["attention"]:
+            stats = self.controller.stats
+            text += (f"; {r['attention']} steps reused attention ({stats.attention_served} kernel calls served, "
+                     f"{stats.attention_computed} computed)")
+        if r["fallbacks"]:
+            text += f"; {r['fallbacks']} calls fell back to full compute"
         if self.missed:
             text += f"; {self.missed} calls ran uncached: a FreqCa block patch was replaced by another node"
         return text
@@ -181,7 +232,7 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
         state.controller.end_run()
         text = state.summary()
         log.info(text)
-        _show_on_node(settings.node_id, text)
+        _show_on_node(settings.node_id, text, state.report())
         guider.model_options = original_options
 
 
@@ -192,8 +243,8 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
     if state is None:
         return executor(*args, **kwargs)
     family = state.settings.family
+    model = executor.class_obj
     try:
-        model = executor.class_obj
         if family.wrapper == "apply_model":
             model = model.diffusion_model
         state.layout = family.layout(call_arguments(executor.original, args, kwargs), model)
@@ -202,7 +253,8 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
         state.layout = None
     try:
         out = executor(*args, **kwargs)
-        return state.finish_call(out)
+        flow_velocity = family.wrapper != "apply_model" and state.settings.flow  # apply_model returns x0
+        return state.finish_call(out, args[0] if flow_velocity else None)
     finally:
         state.end_call(state.layout is not None)
         state.layout, state.plan = None, None
@@ -242,6 +294,24 @@ def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | 
     return freqca_block
 
 
+def _make_attention_override(prior: Callable | None) -> Callable:
+    """``transformer_options["optimized_attention_override"]``: during a FEB-Cache call whose plan stores or
+    serves attention, every attention kernel goes through the run's ``AttentionCall``; otherwise (and to
+    compute) through ``prior`` (an override another node set before ours) or the kernel itself."""
+
+    def freqca_attention(func, *args, **kwargs):
+        kernel = functools.partial(prior, func) if prior is not None else func
+        options = kwargs.get("transformer_options") or {}
+        state: RunState | None = options.get(RUN_KEY)
+        call = state.attention_call if state is not None else None
+        if call is None:
+            return kernel(*args, **kwargs)
+        return call(kernel, *args, **kwargs)
+
+    freqca_attention.freqca_prior = prior
+    return freqca_attention
+
+
 def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
     """Return a clone of ``model`` (a ModelPatcher) with FreqCa attached; ``model`` is left as it was."""
     patched = model.clone()
@@ -258,7 +328,8 @@ def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
         patch = patch.freqca_prior if hasattr(patch, "freqca_prior") else patch
         if patch is not None:
             priors[key] = patch
-    settings = replace(settings, family=family, prior_patches=priors)
+    flow = isinstance(patched.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    settings = replace(settings, family=family, prior_patches=priors, flow=flow)
     patches = {key: _make_block_patch(key, i == 0, i == len(keys) - 1, priors.get(key)) for i, key in enumerate(keys)}
     if family.gates:  # no patches_replace in this model: gated block lists holding the same children
         family.install_gates(patched, patches)
@@ -266,7 +337,16 @@ def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
         for key, patch in patches.items():
             patched.set_model_patch_replace(patch, "dit", key[0], key[1])
     # set_model_patch_replace replaces the transformer_options dict: write our settings into the new one
-    patched.model_options.setdefault("transformer_options", {})[SETTINGS_KEY] = settings
+    options = patched.model_options.setdefault("transformer_options", {})
+    options[SETTINGS_KEY] = settings
+    prior_attention = options.get(ATTENTION_KEY)
+    prior_attention = getattr(prior_attention, "freqca_prior", prior_attention)  # ours, applied again: unwrap
+    if settings.method == "feb":  # attention kernels stored and served through ComfyUI's attention override
+        options[ATTENTION_KEY] = _make_attention_override(prior_attention)
+    elif prior_attention is not None:
+        options[ATTENTION_KEY] = prior_attention
+    else:
+        options.pop(ATTENTION_KEY, None)
     wrappers = comfy.patcher_extension.WrappersMP
     layout_wrapper = wrappers.APPLY_MODEL if family.wrapper == "apply_model" else wrappers.DIFFUSION_MODEL
     for wrapper_type in (wrappers.OUTER_SAMPLE, wrappers.DIFFUSION_MODEL, wrappers.APPLY_MODEL):
@@ -276,33 +356,13 @@ def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
     return patched
 
 
-def _show_on_node(node_id: str | None, text: str) -> None:
-    """Show ``text`` under the node in the ComfyUI front-end, when a server is running.
-
-    Sends the text (``send_progress_text``: any front-end shows it) and the ``freqca.stats`` event read
-    by ``web/freqca.js``: ``{"node", "text"}`` plus, parsed from the summary line, ``method``,
-    ``schedule`` (fixed or adaptive), ``interval`` (the maximum interval when adaptive), ``steps``, ``full``, ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full,
-    ``c`` cached, ``.`` not called), ``fallbacks`` and ``speedup`` (steps / full steps).
-    """
+def _show_on_node(node_id: str | None, text: str, stats: dict) -> None:
+    """Show ``text`` under the node in the ComfyUI front-end, when a server is running: as progress text
+    (any front-end shows it) and as the ``freqca.stats`` event read by ``web/freqca.js``, ``stats``
+    (``RunState.report``) plus ``{"node", "text"}``."""
     if node_id is None:
         return
-    import re
-
-    stats: dict = {"node": str(node_id), "text": text}
-    match = re.search(r"\((?P<method>[^,()]+), (?P<schedule>interval|adaptive, max interval) (?P<interval>\d+)\): (?P<full>\d+)/(?P<steps>\d+) steps "
-                      r"full, (?P<cached>\d+) cached, CRF cache (?P<cache_mb>[\d.]+) MB, (?P<seconds>[\d.]+) s "
-                      r"\[(?P<timeline>[Fc.]*)\](?:; (?P<fallbacks>\d+) calls fell back)?", text)
-    if match:
-        for key, value in match.groupdict().items():
-            if key in ("method", "timeline"):
-                stats[key] = value
-            elif key == "schedule":
-                stats[key] = "fixed" if value == "interval" else "adaptive"
-            elif key in ("cache_mb", "seconds"):
-                stats[key] = float(value)
-            else:
-                stats[key] = int(value or 0)
-        stats["speedup"] = round(stats["steps"] / stats["full"], 2) if stats["full"] else None
+    stats = {"node": str(node_id), "text": text, **stats}
     try:
         from server import PromptServer
         server = PromptServer.instance

@@ -11,7 +11,7 @@ import { api } from "../../scripts/api.js";
 const NODE_TYPE = "FreqCaAccelerate";
 const WIDGET_NAME = "freqca_timeline";
 const CORE_TEXT_PREVIEW = "$$node-text-preview";  // where the front-end shows send_progress_text
-const COLORS = { F: "#e0873a", c: "#3fae6e", ".": "#555b66" };
+const COLORS = { F: "#e0873a", a: "#d4b13f", c: "#3fae6e", ".": "#555b66" };
 const TEXT = "#dddddd";
 const DIM = "#9aa0a6";
 const NOTE = "#e3b341";
@@ -25,8 +25,9 @@ const MAX_HOPS = 8;
 
 // Mirror of freqca_core.schedule.FixedSchedule.forced_full / is_full (the Python side stays the
 // authority: after a run the real timeline replaces this plan). "F" full, "c" cached, "?" decided during
-// the run (adaptive schedule).
+// the run (adaptive schedule) or by FEB-Cache's table.
 function planOf(step, n, s) {
+  if (s.method === "feb") return step === 0 ? "F" : "?";  // FEB-Cache: its cache table decides
   let origin = Math.max(s.warmup_steps, 1);
   if (n != null) {
     origin = Math.max(origin, Math.ceil(s.start_percent * n - 1e-9));
@@ -109,7 +110,7 @@ function speedupText(steps, full) {
 // "18/28 full · est. 1.6×" for a plan; an adaptive plan only knows its forced full steps.
 function planText(timeline, steps) {
   const full = count(timeline, "F");
-  if (timeline.includes("?")) return `${full}/${steps} full + adaptive (decided while sampling)`;
+  if (timeline.includes("?")) return `${full}/${steps} full + decided while sampling`;
   return `${full}/${steps} full \u00b7 est. ${speedupText(steps, full)}`;
 }
 
@@ -148,7 +149,7 @@ function view(node) {
   const sampler = samplerSteps(node);
   if (!sampler) {
     return { title: "FreqCa: connect to a sampler", timeline: "", done: 0,
-             detail: "F = full step, c = cached step" };
+             detail: "F = full step, a = attention reused, c = cached step" };
   }
   const timeline = plannedTimeline(node, sampler.steps);
   return {

@@ -13,6 +13,7 @@ matter (``harness.STRONG``): a cached call fed the CRF of an identical full call
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -125,17 +126,6 @@ def test_cfg_batches_cond_and_uncond(pack, comfyui):
         check_family(case.build(seed=1), case, case.conditioning(), f"{name} cfg 3", cfg=3.0)
 
 
-class FirstCallFullThenCached:
-    """A schedule for the test below: the first model call is full, every later one cached."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def is_full(self, step: int, n_steps: int | None) -> bool:
-        self.calls += 1
-        return self.calls == 1
-
-
 def model_outputs(model, conds, sigmas: torch.Tensor, shape: tuple) -> list[torch.Tensor]:
     """The diffusion model's output at every call of an euler run over ``sigmas`` (ComfyUI's sample_custom)."""
     import comfy.sample
@@ -169,9 +159,10 @@ def test_cached_call_restores_the_crf_exactly(pack, comfyui, name):
     options = fast.model_options["transformer_options"]
     settings = options[SETTINGS_KEY]
 
-    def new_controller():
-        controller = type(settings).new_controller(settings)
-        controller.schedule = FirstCallFullThenCached()
+    def new_controller(n_steps=None):  # the first model call full, every later one cached (both are step 0)
+        controller = type(settings).new_controller(settings, n_steps)
+        calls = itertools.count()
+        controller.is_full = lambda step: next(calls) == 0
         return controller
 
     forced = dataclasses.replace(settings)
@@ -258,3 +249,50 @@ def test_qwen_uses_the_papers_1d_fft_split(pack, comfyui):
     settings = fast.model_options["transformer_options"][SETTINGS_KEY]
     assert detect_family(fast.get_model_object("diffusion_model")).transform == "fft"
     assert settings.new_controller().method.describe()["transform"] == "fft"
+
+
+def run_summary(caplog, model, case: Case, conds) -> tuple[torch.Tensor, str]:
+    """Sample ``model`` and return its output and FreqCa's summary line of the run."""
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="freqca"):
+        out = H.sample(model, *conds, steps=STEPS, shape=case.shape)
+    return out, next(r.getMessage() for r in caplog.records if "steps full" in r.getMessage())
+
+
+FLUX_CASE = Case(lambda seed, init=None: H.build_flux(seed, init=init), lambda: H.flux_conditioning(seed=2),
+                 (1, 16, 12, 10), 5)
+METHOD_CASES = {"flux": FLUX_CASE, **CASES}
+
+
+@pytest.mark.parametrize("name", list(METHOD_CASES))
+def test_frdiff_and_feb_skip_what_they_claim(pack, comfyui, caplog, name):
+    """FRDiff: blocks only at the schedule's full steps, and cached outputs mixed with the last full output
+    (early cached steps take it whole, so the run differs from plain reuse). FEB-Cache (balanced table of
+    8 steps: F F a b F a b F): blocks skipped at the b steps, attention kernels served from the cache at the
+    a steps."""
+    from comfyui_freqca.freqca_core.feb import default_table
+
+    case = METHOD_CASES[name]
+    model, conds = case.build(seed=1), case.conditioning()
+    reference = H.sample(model, *conds, steps=STEPS, shape=case.shape)
+    with H.count_block_calls(model) as calls:
+        frdiff, summary = run_summary(caplog, accelerate(model, method="frdiff"), case, conds)
+    assert calls.total == full_steps() * case.blocks and "(frdiff, interval 3)" in summary
+    reuse = H.sample(accelerate(model, method="reuse"), *conds, steps=STEPS, shape=case.shape)
+    assert not torch.equal(frdiff, reuse) and H.rel_l1(frdiff, reference) < MAX_REL_L1
+
+    table = default_table(STEPS, "balanced").timeline()
+    assert table == "FFabFabF"
+    with H.count_block_calls(model) as calls:
+        feb, summary = run_summary(caplog, accelerate(model, method="feb", feb_level="balanced"), case, conds)
+    blocks_run = sum(1 for letter in table if letter != "b")
+    assert calls.total == blocks_run * case.blocks, "blocks must be skipped at the both-reused steps"
+    assert "(feb, table balanced): 4/8 steps full, 2 cached" in summary and "[FFacFacF]" in summary
+    served = int(summary.split("steps reused attention (")[1].split(" kernel")[0])
+    computed = int(summary.split("kernel calls served, ")[1].split(" computed")[0])
+    assert served > 0 and computed == 0
+    assert torch.isfinite(feb).all() and 0 < H.rel_l1(feb, reference) < MAX_REL_L1
+    again, _ = run_summary(caplog, accelerate(model, method="feb", feb_level="balanced"), case, conds)
+    assert torch.equal(again, feb)  # deterministic, nothing carried over between runs

@@ -53,7 +53,7 @@ def assert_cached_and_sane(out: torch.Tensor, reference: torch.Tensor) -> None:
 
 def test_every_method_runs(pack, flux, conds):
     reference = sample(flux, *conds, steps=STEPS)
-    for method in ("freqca", "reuse", "taylor"):
+    for method in ("freqca", "reuse", "taylor", "frdiff", "feb"):
         assert_cached_and_sane(sample(accelerate(pack, flux, method=method), *conds, steps=STEPS), reference)
 
 
@@ -183,3 +183,21 @@ def test_adaptive_schedule_rejects_bad_inputs(pack, flux):
     with pytest.raises(ValueError, match="tolerance"):
         accelerate(pack, flux, schedule="adaptive", tolerance=-1.0)
     assert "schedule must be one of fixed, adaptive" in FreqCaAccelerate.validate_inputs(schedule="sometimes")
+
+
+@pytest.mark.parametrize("method, min_psnr", [("frdiff", 26), ("feb", 28)])
+def test_frdiff_and_feb_fidelity_on_the_trained_testbed(pack, testbed, method, min_psnr):
+    """FRDiff (interval 3) and FEB-Cache (quality table) on the trained model loaded into ComfyUI's Flux;
+    FEB's exposure scaling changes only the steps that reuse features, and offloading changes nothing."""
+    conds = prompt_conditioning(4)
+    run = dict(steps=28, cfg=3.0, latent=pixel_latent(), seed=3)
+    reference = sample(testbed, *conds, **run)
+    settings = dict(method=method, interval=3, warmup_steps=3, feb_level="quality")
+    fast = sample(accelerate(pack, testbed, **settings), *conds, **run)
+    print(f"{method}: PSNR {psnr(fast, reference):.1f} dB")
+    assert psnr(fast, reference) > min_psnr
+    offloaded = sample(accelerate(pack, testbed, offload_cache=True, **settings), *conds, **run)
+    assert torch.equal(offloaded, fast)
+    if method == "feb":
+        unscaled = sample(accelerate(pack, testbed, exposure_delta=1.0, **settings), *conds, **run)
+        assert not torch.equal(unscaled, fast) and psnr(unscaled, reference) > min_psnr

@@ -133,7 +133,8 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
     assert data["model"] == "testbed" and data["steps"] == 6 and data["seeds"] == 1
     assert data["resolution"] == [32, 32] and data["timing_only"] is False
     methods = [r["method"] for r in data["runs"]]
-    assert methods == ["none", "freqca", "reuse", "taylor", "adaptive", "freqca-adaptive", "reuse-adaptive"]
+    assert methods == ["none", "freqca", "reuse", "taylor", "frdiff", "adaptive", "freqca-adaptive",
+                       "reuse-adaptive", "feb", "feb", "feb"]
     for r in data["runs"]:
         assert all(key in r for key in CONTRACT), r
         assert 1 <= r["full_steps"] <= 6 and 0 < r["nfe_ratio"] <= 1
@@ -145,8 +146,12 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
         else:
             assert r["psnr"] is None or r["psnr"] > 0
             assert -1 <= r["ssim"] <= 1 and r["rel_l1"] >= 0
-    fixed = [r for r in data["runs"] if r["method"] in ("freqca", "reuse", "taylor")]
+    fixed = [r for r in data["runs"] if r["method"] in ("freqca", "reuse", "taylor", "frdiff")]
     assert all(r["full_steps"] == 4 and r["flops_speedup"] > 1.2 for r in fixed)
+    feb = [r for r in data["runs"] if r["method"] == "feb"]
+    assert [r["params"]["level"] for r in feb] == ["quality", "balanced", "fast"]
+    assert all(r["full_steps"] == r["budget"] == len(r["params"]["table"].replace("b", "")) for r in feb)
+    assert all(r["timeline"] == r["params"]["table"].replace("b", "c") for r in feb)
     calibrated = [r for r in data["runs"] if r["method"].endswith("adaptive")]
     assert all(r["params"]["target_full_steps"] == 4 for r in calibrated)
     assert all(r["params"]["tolerance"] > 0 for r in calibrated if r["method"] != "adaptive")

@@ -254,3 +254,106 @@ def test_tinyflux_stored_attention_reproduces_full_call():
     torch.testing.assert_close(again, full, rtol=0, atol=0)
     assert cache.hits == 6 and cache.misses == 0
     assert not torch.allclose(served, fresh) and torch.isfinite(served).all()
+
+
+# ---------------------------------------------------------------------------- FEB-Cache on the controller
+
+def feb_controller(letters: str, delta: float = 1.0):
+    from freqca_core.controller import CacheController
+    from freqca_core.feb import FEBMethod, FEBSchedule
+
+    table = CacheTable.parse(letters, last_full=False)
+    return CacheController(FEBMethod(table, delta), FEBSchedule(table))
+
+
+def drive(ctrl, steps: int, model) -> list:
+    """A run of ``steps`` with one batched call per step (streams uncond, cond) through ``model(plan, i)``."""
+    from freqca_core.spectral import TokenLayout
+
+    sigmas = [1.0 - i / steps for i in range(steps + 1)]
+    ctrl.start_run(sigmas)
+    plans = []
+    for i in range(steps):
+        embedding = torch.full((2, 4, 3), float(i))
+        plan = ctrl.plan(sigmas[i], ("u", "c"), 2, TokenLayout.grid(2, 2), embedding=embedding)
+        model(plan, i, embedding)
+        plans.append(plan)
+    return plans
+
+
+def test_feb_both_steps_reuse_block_residuals_with_the_current_embedding():
+    ctrl = feb_controller("FbbFb")
+    residual = lambda i: torch.arange(24.0).reshape(2, 4, 3) * (i + 1)  # noqa: E731  crf - embedding at step i
+
+    def model(plan, i, embedding):
+        if plan.full:
+            ctrl.record(plan, embedding + residual(i), embedding=embedding)
+        else:  # the stored residual of the last step whose blocks ran, on today's embedding
+            last = 0 if i < 3 else 3
+            assert torch.equal(plan.crf, embedding + residual(last))
+
+    plans = drive(ctrl, 5, model)
+    assert [p.full for p in plans] == [True, False, False, True, False]
+    assert ctrl.stats.timeline() == "FccFc"
+
+
+def test_feb_residual_needs_the_embedding():
+    from freqca_core.spectral import TokenLayout
+
+    ctrl = feb_controller("Fb")
+    ctrl.start_run([1.0, 0.5, 0.0])
+    full = ctrl.plan(1.0, (0,), 1, TokenLayout.grid(2, 2), embedding=torch.zeros(1, 4, 3))
+    ctrl.record(full, torch.ones(1, 4, 3), embedding=torch.zeros(1, 4, 3))
+    plan = ctrl.plan(0.5, (0,), 1, TokenLayout.grid(2, 2))  # the adapter gave no embedding
+    assert plan.full and "embedding" in plan.reason
+    ctrl.record(plan, torch.ones(1, 4, 3))  # nor here: not stored, warned
+    assert any("no embedding" in w for w in ctrl.stats.warnings)
+
+
+def test_feb_attention_steps_serve_the_stored_kernels():
+    ctrl = feb_controller("FaaFa")
+    kernel_calls = []
+
+    def kernel(q):
+        kernel_calls.append(q.clone())
+        return q * 2
+
+    def model(plan, i, embedding):
+        assert plan.full  # blocks run at a steps too
+        override = ctrl.attention_override(plan)
+        outs = [override(kernel, torch.full((2, 5, 3), float(i * 10 + j))) for j in range(3)]  # 3 layers
+        if plan.attention == "serve":  # the last full step's kernel outputs, per layer
+            last = 0 if i < 3 else 3
+            assert all(torch.equal(o, torch.full((2, 5, 3), float(last * 10 + j)) * 2) for j, o in enumerate(outs))
+        ctrl.record(plan, embedding + 1, embedding=embedding)
+
+    drive(ctrl, 5, model)
+    assert len(kernel_calls) == 2 * 3  # computed at the two full steps only
+    assert ctrl.stats.timeline() == "FaaFa" and ctrl.stats.attention_steps == 3
+    stats = ctrl.end_run()
+    assert stats.attention_served == 9 and stats.attention_computed == 0 and len(ctrl.attention) == 0
+
+
+def test_feb_exposure_scaling_only_at_reusing_calls():
+    ctrl = feb_controller("FbaF", delta=0.9)
+    x, out = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+
+    def model(plan, i, embedding):
+        if plan.full:
+            ctrl.record(plan, embedding + 1, embedding=embedding)
+        got = ctrl.finish_call(plan, out, x)
+        reused = not plan.full or plan.attention == "serve"
+        expected = exposure_scale(out, x, plan.sigma, 0.9, "flow") if reused else out
+        assert torch.equal(got, expected) and (reused == (i in (1, 2)))
+
+    drive(ctrl, 4, model)
+    plain = feb_controller("Fb", delta=1.0)
+    plans = drive(plain, 2, lambda plan, i, e: plan.full and plain.record(plan, e + 1, embedding=e))
+    assert plain.finish_call(plans[1], out, x) is out
+
+
+def test_make_method_explains_how_feb_is_built():
+    from freqca_core.methods import make_method
+
+    with pytest.raises(ValueError, match="FEBMethod"):
+        make_method("feb")
