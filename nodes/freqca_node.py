@@ -69,11 +69,14 @@ class FreqCaAccelerate(io.ComfyNode):
                                optional=True,
                                tooltip="Method feb only: exposure-bias scale of cached steps. The predicted "
                                        "noise is divided by it (< 1 enlarges it; FEB-Cache: 0.965). 1 = off."),
-                io.Boolean.Input("offload_cache", default=DEFAULTS.offload,
-                                 optional=True,
-                               tooltip="Keep the cached features in CPU memory instead of on the GPU (less "
+                io.Boolean.Input("offload_cache", default=DEFAULTS.offload, optional=True,
+                                 tooltip="Keep the cached features in CPU memory instead of on the GPU (less "
                                          "VRAM, a copy per cached step). Most useful for feb, which caches "
                                          "every attention layer."),
+                io.String.Input("gates_file", default=DEFAULTS.gates_file, optional=True,
+                                tooltip="Method frdiff only: path of a JSON file of per-step gates learned by "
+                                        "Auto-FR (python -m freqca_core.autofr); it replaces the schedule "
+                                        "(resampled to the run's steps). Empty: use the schedule."),
             ],
             outputs=[io.Model.Output(tooltip="The model with FreqCa attached (the input model is unchanged).")],
             hidden=[io.Hidden.unique_id],
@@ -111,10 +114,11 @@ class FreqCaAccelerate(io.ComfyNode):
                 cutoff: float, hermite_scale: float, start_percent: float, end_percent: float,
                 verbose: bool, schedule: str = DEFAULTS.schedule, tolerance: float = DEFAULTS.tolerance,
                 feb_level: str = DEFAULTS.feb_level, exposure_delta: float = DEFAULTS.exposure_delta,
-                offload_cache: bool = DEFAULTS.offload) -> io.NodeOutput:
+                offload_cache: bool = DEFAULTS.offload, gates_file: str = DEFAULTS.gates_file) -> io.NodeOutput:
         settings = FreqCaSettings(method, interval, warmup_steps, final_full_steps, start_percent, end_percent,
                                   cutoff, hermite_scale, verbose, schedule=schedule, tolerance=tolerance,
                                   feb_level=feb_level, exposure_delta=exposure_delta, offload=offload_cache,
+                                  gates_file=gates_file,
                                   node_id=cls.hidden.unique_id if cls.hidden else None)
         family = detect_family(model.get_model_object("diffusion_model"))
         return io.NodeOutput(apply_freqca(model, settings, family))

@@ -31,6 +31,7 @@ import comfy.patcher_extension
 
 from ..freqca_core import AdaptiveSchedule, CacheController, CallPlan, FixedSchedule, TokenLayout, make_method
 from ..freqca_core.feb import FEBMethod, FEBSchedule, default_table
+from ..freqca_core.frdiff import GateSchedule
 from .families import BlockKey, DitFamily, call_arguments
 
 log = logging.getLogger("freqca")
@@ -61,6 +62,7 @@ class FreqCaSettings:
     feb_level: str = "balanced"
     exposure_delta: float = 0.965
     offload: bool = False
+    gates_file: str = ""  # FRDiff: Auto-FR gates (JSON) that replace the schedule; "" = the schedule
     flow: bool = False  # a flow model (x_t = (1 - s) x0 + s noise, velocity output): FEB's exposure scaling
     node_id: str | None = None
     family: DitFamily | None = field(default=None, compare=False)
@@ -79,7 +81,12 @@ class FreqCaSettings:
             return CacheController(FEBMethod(table, self.exposure_delta), FEBSchedule(table), offload_device=offload)
         transform = self.family.transform if self.family is not None else "dct"
         method = make_method(self.method, cutoff=self.cutoff, transform=transform, hermite_scale=self.hermite_scale)
-        if self.schedule == "fixed":
+        if self.gates_file.strip() and self.method == "frdiff":
+            try:
+                schedule = GateSchedule.load(self.gates_file.strip())
+            except ValueError as exc:
+                raise ValueError(f"gates_file: {exc}") from exc
+        elif self.schedule == "fixed":
             schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
         elif self.schedule == "adaptive":
             schedule = AdaptiveSchedule(self.tolerance, self.warmup, max_gap=self.interval,
@@ -177,23 +184,30 @@ class RunState:
     def record(self, out: dict) -> None:
         self.controller.record(self.plan, self.image_rows(out["img"]), embedding=self.embedding)
 
-    def schedule_text(self) -> str:
+    def schedule_kind(self) -> str:
+        """What decides the full steps: ``fixed``, ``adaptive``, ``table`` (FEB-Cache) or ``gates`` (FRDiff)."""
         settings = self.settings
         if settings.method == "feb":
-            return f"table {settings.feb_level}"
-        if settings.schedule == "adaptive":
-            return f"adaptive, max interval {settings.interval}"
-        return f"interval {settings.interval}"
+            return "table"
+        if settings.method == "frdiff" and settings.gates_file.strip():
+            return "gates"
+        return settings.schedule
+
+    def schedule_text(self) -> str:
+        settings = self.settings
+        return {"table": f"table {settings.feb_level}", "gates": "learned gates",
+                "adaptive": f"adaptive, max interval {settings.interval}"}.get(
+                    self.schedule_kind(), f"interval {settings.interval}")
 
     def report(self) -> dict:
         """The run's numbers for the front-end (``freqca.stats``): ``method``, ``schedule`` (fixed,
-        adaptive or table), ``interval``, ``steps``, ``full``, ``attention`` (steps that reused attention),
+        adaptive, table or gates), ``interval``, ``steps``, ``full``, ``attention`` (steps that reused attention),
         ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full, ``a`` attention reused, ``c``
         cached, ``.`` not called), ``fallbacks``, ``missed`` and ``speedup`` (steps / full steps)."""
         stats, settings = self.controller.stats, self.settings
         steps = stats.n_steps if stats.n_steps is not None else len(stats.steps)
         return {"method": settings.method, "interval": settings.interval,
-                "schedule": "table" if settings.method == "feb" else settings.schedule,
+                "schedule": self.schedule_kind(),
                 "steps": steps, "full": stats.full_steps, "attention": stats.attention_steps,
                 "cached": stats.cached_steps, "cache_mb": round(stats.peak_cache_bytes / 2 ** 20, 2),
                 "seconds": round(time.perf_counter() - self.started, 1), "timeline": stats.timeline(),

@@ -201,3 +201,21 @@ def test_frdiff_and_feb_fidelity_on_the_trained_testbed(pack, testbed, method, m
     if method == "feb":
         unscaled = sample(accelerate(pack, testbed, exposure_delta=1.0, **settings), *conds, **run)
         assert not torch.equal(unscaled, fast) and psnr(unscaled, reference) > min_psnr
+
+
+def test_frdiff_learned_gates_file(pack, flux, conds, tmp_path):
+    """gates_file: the Auto-FR gates replace the schedule (blocks run exactly at the gates' full steps);
+    a bad file is refused with an error that names the input."""
+    from comfyui_freqca.freqca_core.frdiff import GateSchedule
+
+    gates = GateSchedule.from_steps([3, 4, 9], STEPS)
+    path = tmp_path / "gates.json"
+    gates.save(path)
+    fast = accelerate(pack, flux, method="frdiff", gates_file=str(path))
+    with count_block_calls(flux) as calls:
+        sample(fast, *conds, steps=STEPS)
+    assert calls.total == len(gates.full_steps(STEPS)) * N_BLOCKS == 4 * N_BLOCKS
+    (tmp_path / "bad.json").write_text('{"steps": 2, "gates": [1]}')
+    for bad in (tmp_path / "missing.json", tmp_path / "bad.json"):
+        with pytest.raises(ValueError, match="gates_file"):
+            accelerate(pack, flux, method="frdiff", gates_file=str(bad))
