@@ -77,6 +77,9 @@ class FreqCaAccelerate(io.ComfyNode):
                                 tooltip="Method frdiff only: path of a JSON file of per-step gates learned by "
                                         "Auto-FR (python -m freqca_core.autofr); it replaces the schedule "
                                         "(resampled to the run's steps). Empty: use the schedule."),
+                io.Int.Input("taylor_order", default=DEFAULTS.taylor_order, min=0, max=3, optional=True,
+                             tooltip="Method taylor only: order of the forecast (0 = reuse, 1 = linear, 2 = "
+                                     "quadratic). Lower orders extrapolate more safely over long intervals."),
             ],
             outputs=[io.Model.Output(tooltip="The model with FreqCa attached (the input model is unchanged).")],
             hidden=[io.Hidden.unique_id],
@@ -114,11 +117,12 @@ class FreqCaAccelerate(io.ComfyNode):
                 cutoff: float, hermite_scale: float, start_percent: float, end_percent: float,
                 verbose: bool, schedule: str = DEFAULTS.schedule, tolerance: float = DEFAULTS.tolerance,
                 feb_level: str = DEFAULTS.feb_level, exposure_delta: float = DEFAULTS.exposure_delta,
-                offload_cache: bool = DEFAULTS.offload, gates_file: str = DEFAULTS.gates_file) -> io.NodeOutput:
+                offload_cache: bool = DEFAULTS.offload, gates_file: str = DEFAULTS.gates_file,
+                taylor_order: int = DEFAULTS.taylor_order) -> io.NodeOutput:
         settings = FreqCaSettings(method, interval, warmup_steps, final_full_steps, start_percent, end_percent,
                                   cutoff, hermite_scale, verbose, schedule=schedule, tolerance=tolerance,
                                   feb_level=feb_level, exposure_delta=exposure_delta, offload=offload_cache,
-                                  gates_file=gates_file,
+                                  gates_file=gates_file, taylor_order=taylor_order,
                                   node_id=cls.hidden.unique_id if cls.hidden else None)
         family = detect_family(model.get_model_object("diffusion_model"))
         return io.NodeOutput(apply_freqca(model, settings, family))

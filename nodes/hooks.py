@@ -32,6 +32,7 @@ import comfy.patcher_extension
 from ..freqca_core import AdaptiveSchedule, CacheController, CallPlan, FixedSchedule, TokenLayout, make_method
 from ..freqca_core.feb import FEBMethod, FEBSchedule, default_table
 from ..freqca_core.frdiff import GateSchedule
+from ..freqca_core.validation import check_int
 from .families import BlockKey, DitFamily, call_arguments
 
 log = logging.getLogger("freqca")
@@ -63,12 +64,14 @@ class FreqCaSettings:
     exposure_delta: float = 0.965
     offload: bool = False
     gates_file: str = ""  # FRDiff: Auto-FR gates (JSON) that replace the schedule; "" = the schedule
+    taylor_order: int = 2
     flow: bool = False  # a flow model (x_t = (1 - s) x0 + s noise, velocity output): FEB's exposure scaling
     node_id: str | None = None
     family: DitFamily | None = field(default=None, compare=False)
     prior_patches: dict = field(default_factory=dict, compare=False)  # block patches that were there before ours
 
     def __post_init__(self) -> None:
+        check_int("taylor_order", self.taylor_order, 0, 3)
         self.new_controller()  # raises ValueError naming a bad input
         make_method("freqca", cutoff=self.cutoff, hermite_scale=self.hermite_scale)  # also when unused
         FEBMethod(default_table(FEB_REFERENCE_STEPS, self.feb_level), self.exposure_delta)
@@ -80,7 +83,9 @@ class FreqCaSettings:
             table = default_table(n_steps or FEB_REFERENCE_STEPS, self.feb_level)
             return CacheController(FEBMethod(table, self.exposure_delta), FEBSchedule(table), offload_device=offload)
         transform = self.family.transform if self.family is not None else "dct"
-        method = make_method(self.method, cutoff=self.cutoff, transform=transform, hermite_scale=self.hermite_scale)
+        order = self.taylor_order if self.method == "taylor" else 2
+        method = make_method(self.method, cutoff=self.cutoff, transform=transform, hermite_scale=self.hermite_scale,
+                             order=order)
         if self.gates_file.strip() and self.method == "frdiff":
             try:
                 schedule = GateSchedule.load(self.gates_file.strip())

@@ -219,3 +219,14 @@ def test_frdiff_learned_gates_file(pack, flux, conds, tmp_path):
     for bad in (tmp_path / "missing.json", tmp_path / "bad.json"):
         with pytest.raises(ValueError, match="gates_file"):
             accelerate(pack, flux, method="frdiff", gates_file=str(bad))
+
+
+def test_taylor_order(pack, flux, conds):
+    """taylor_order 0 is plain reuse; orders give different forecasts; out of range is named."""
+    reuse = sample(accelerate(pack, flux, method="reuse"), *conds, steps=STEPS)
+    assert torch.equal(sample(accelerate(pack, flux, method="taylor", taylor_order=0), *conds, steps=STEPS), reuse)
+    first = sample(accelerate(pack, flux, method="taylor", taylor_order=1), *conds, steps=STEPS)
+    assert not torch.equal(first, reuse)
+    with pytest.raises(ValueError, match="taylor_order"):
+        accelerate(pack, flux, method="taylor", taylor_order=4)
+    accelerate(pack, flux, method="freqca", taylor_order=3)  # read by taylor only
