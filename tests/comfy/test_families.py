@@ -143,19 +143,23 @@ def model_outputs(model, conds, sigmas: torch.Tensor, shape: tuple) -> list[torc
     return outputs
 
 
+@pytest.mark.parametrize("method", ["reuse", "feb"])
 @pytest.mark.parametrize("name", list(CASES) + list(REFERENCE_CASES))
-def test_cached_call_restores_the_crf_exactly(pack, comfyui, name):
+def test_cached_call_restores_the_crf_exactly(pack, comfyui, name, method):
     """Two calls with identical inputs (sigmas [s, s, 0]: euler does not move x): the first full, the second
-    cached with method reuse. The cached call skips every block and writes the first call's CRF back into the
-    image rows, so its output must equal the uncached output bit for bit; any wrong row (text, reference,
-    padding, an offset) breaks this on a model whose blocks matter."""
+    cached. With method reuse the cached call skips every block and writes the first call's CRF back into
+    the image rows, so its output must equal the uncached output bit for bit; any wrong row (text, reference,
+    padding, an offset) breaks this on a model whose blocks matter. With feb (no exposure scaling) it writes
+    the stored residual plus the embedding taken at the first block: the same CRF up to rounding (the
+    embedding cancels for identical inputs, so this checks the residual path's plumbing, not which rows the
+    embedding comes from; test_feb_embedding_is_the_first_blocks_image_rows does that)."""
     from comfyui_freqca.nodes.hooks import SETTINGS_KEY
 
     case = {**CASES, **REFERENCE_CASES}[name]
     model, conds = case.build(seed=1, init=H.STRONG), case.conditioning()
     sigmas = torch.tensor([0.8, 0.8, 0.0])
     uncached = model_outputs(model, conds, sigmas, case.shape)
-    fast = accelerate(model, method="reuse")
+    fast = accelerate(model, method=method, exposure_delta=1.0)
     options = fast.model_options["transformer_options"]
     settings = options[SETTINGS_KEY]
 
@@ -173,7 +177,11 @@ def test_cached_call_restores_the_crf_exactly(pack, comfyui, name):
     assert calls.total == case.blocks, "the second call must skip every block"
     assert len(cached) == len(uncached) == 2 and torch.equal(uncached[0], uncached[1])
     assert torch.equal(cached[0], uncached[0])
-    assert torch.equal(cached[1], uncached[1])
+    if method == "reuse":
+        assert torch.equal(cached[1], uncached[1])
+    else:
+        assert torch.allclose(cached[1], uncached[1], rtol=1e-4, atol=1e-5)
+        assert H.rel_l1(cached[1], uncached[1]) < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["camera", "humo"])
@@ -296,3 +304,52 @@ def test_frdiff_and_feb_skip_what_they_claim(pack, comfyui, caplog, name):
     assert torch.isfinite(feb).all() and 0 < H.rel_l1(feb, reference) < MAX_REL_L1
     again, _ = run_summary(caplog, accelerate(model, method="feb", feb_level="balanced"), case, conds)
     assert torch.equal(again, feb)  # deterministic, nothing carried over between runs
+
+
+@pytest.mark.parametrize("name", list(METHOD_CASES))
+def test_feb_embedding_is_the_first_blocks_image_rows(pack, comfyui, name):
+    """The embedding FEB-Cache stores with each residual is the image part of the first block's input: the
+    rows that the last block's image rows (the CRF) continue. Checked against the first block's input as a
+    forward pre-hook sees it, at the CRF's rows (the family's image rows: first or last ``n_img``)."""
+    from comfyui_freqca.nodes.hooks import SETTINGS_KEY
+
+    case = METHOD_CASES[name]
+    model, conds = case.build(seed=1), case.conditioning()
+    fast = accelerate(model, method="feb", exposure_delta=1.0)
+    options = fast.model_options["transformer_options"]
+    settings = options[SETTINGS_KEY]
+    recorded = []
+
+    def new_controller(n_steps=None):
+        controller = type(settings).new_controller(settings, n_steps)
+        record = controller.record
+
+        def spy(plan, crf, embedding=None):
+            recorded.append((crf.clone(), embedding.clone()))
+            return record(plan, crf, embedding)
+
+        controller.record = spy
+        return controller
+
+    forced = dataclasses.replace(settings)
+    object.__setattr__(forced, "new_controller", new_controller)
+    options[SETTINGS_KEY] = forced
+    diffusion_model = model.get_model_object("diffusion_model")
+    first = next(getattr(diffusion_model, a)[0] for a in ("double_blocks", "joint_blocks", "double_stream_blocks",
+                                                          "blocks", "transformer_blocks", "layers")
+                 if isinstance(getattr(diffusion_model, a, None), torch.nn.ModuleList))
+    inputs = []
+    handle = first.register_forward_pre_hook(  # every 3-D tensor input: the image stream (and text, for SD3)
+        lambda _m, args, kwargs: inputs.append([t.clone() for t in (*args, *kwargs.values())
+                                                if isinstance(t, torch.Tensor) and t.dim() == 3]),
+        with_kwargs=True)
+    try:
+        H.sample(fast, *conds, steps=STEPS, shape=case.shape)
+    finally:
+        handle.remove()
+    assert recorded and len(inputs) >= len(recorded)
+    crf, embedding = recorded[0]
+    rows = embedding.shape[1]  # the first call's first-block inputs, first or last rows
+    candidates = [part for t in inputs[0] for part in (t[:, :rows], t[:, t.shape[1] - rows:])]
+    assert any(c.shape == embedding.shape and torch.equal(c, embedding) for c in candidates), name
+    assert crf.shape == embedding.shape
