@@ -208,16 +208,18 @@ class RunState:
         """The run's numbers for the front-end (``freqca.stats``): ``method``, ``schedule`` (fixed,
         adaptive, table or gates), ``interval``, ``steps``, ``full``, ``attention`` (steps that reused attention),
         ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full, ``a`` attention reused, ``c``
-        cached, ``.`` not called), ``fallbacks``, ``missed`` and ``speedup`` (steps / full steps)."""
+        cached, ``.`` not called), ``fallbacks``, ``missed`` and ``speedup`` (steps / steps whose blocks ran:
+        full and attention-reusing)."""
         stats, settings = self.controller.stats, self.settings
         steps = stats.n_steps if stats.n_steps is not None else len(stats.steps)
+        blocks_run = stats.full_steps + stats.attention_steps
         return {"method": settings.method, "interval": settings.interval,
                 "schedule": self.schedule_kind(),
                 "steps": steps, "full": stats.full_steps, "attention": stats.attention_steps,
                 "cached": stats.cached_steps, "cache_mb": round(stats.peak_cache_bytes / 2 ** 20, 2),
                 "seconds": round(time.perf_counter() - self.started, 1), "timeline": stats.timeline(),
                 "fallbacks": stats.fallbacks, "missed": self.missed,
-                "speedup": round(steps / stats.full_steps, 2) if stats.full_steps else None}
+                "speedup": round(steps / blocks_run, 2) if blocks_run else None}
 
     def summary(self) -> str:
         r = self.report()

@@ -136,7 +136,8 @@ function view(node) {
     // anything the summary line says after the timeline (fallbacks, warnings), shown as a note
     const tail = String(s.text ?? "").split("]").slice(1).join("]").replace(/^[;\s]+/, "");
     return {
-      title: `${s.full}/${s.steps} full \u00b7 ${s.cached} cached \u00b7 est. ${speedupText(s.steps, s.full)}`,
+      title: `${s.full}/${s.steps} full \u00b7 ${s.attention ? `${s.attention} attention reused \u00b7 ` : ""}` +
+             `${s.cached} cached \u00b7 est. ${speedupText(s.steps, s.full + (s.attention ?? 0))}`,
       timeline: s.timeline,
       done: s.timeline.length,
       detail: `${s.method} \u00b7 CRF cache ${Number(s.cache_mb).toFixed(2)} MB \u00b7 ${Number(s.seconds).toFixed(1)} s`,
