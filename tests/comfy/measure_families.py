@@ -50,6 +50,15 @@ def families() -> dict:
     }
 
 
+def start_comfyui() -> None:
+    """Import the ComfyUI tree ``find_comfyui`` finds and the pack, or exit with the reason."""
+    path = find_comfyui()
+    if path is None:
+        sys.exit("ComfyUI not found: set COMFYUI_PATH")
+    H.import_comfyui(path)
+    load_pack()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=28)
@@ -59,11 +68,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=None, help="subset of: " + ", ".join(
         ["Flux", "Chroma", "Qwen-Image", "Wan 2.1", "HunyuanVideo", "SD3", "Lumina 2", "HiDream"]))
     args = parser.parse_args()
-    path = find_comfyui()
-    if path is None:
-        sys.exit("ComfyUI not found: set COMFYUI_PATH")
-    H.import_comfyui(path)
-    load_pack()
+    start_comfyui()
     import torch
     from comfyui_freqca.nodes.freqca_node import DEFAULTS, FreqCaAccelerate
 

@@ -19,8 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_families import families  # noqa: E402
-from pack_env import find_comfyui, load_pack  # noqa: E402
+from measure_families import families, start_comfyui  # noqa: E402
 import harness as H  # noqa: E402
 
 INTERVALS = (2, 3, 4, 6, 9)
@@ -42,11 +41,7 @@ def main() -> None:
     parser.add_argument("--method", default="freqca")
     parser.add_argument("--families", nargs="+", default=None)
     args = parser.parse_args()
-    path = find_comfyui()
-    if path is None:
-        sys.exit("ComfyUI not found: set COMFYUI_PATH")
-    H.import_comfyui(path)
-    load_pack()
+    start_comfyui()
     import torch
     from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
 
