@@ -22,7 +22,8 @@ class FreqCaAccelerate(io.ComfyNode):
             category="sampling/acceleration",
             description=("Frequency-aware feature caching: between full steps the transformer blocks are "
                          "skipped; the low frequencies of the last full step are reused and the high "
-                         f"frequencies forecast. Supported models: {SUPPORTED}."),
+                         "frequencies forecast. Other methods: reuse, taylor, frdiff, feb; full steps on a "
+                         f"fixed or adaptive schedule. Supported models: {SUPPORTED}."),
             inputs=[
                 io.Model.Input("model", tooltip=f"The diffusion model to accelerate. Supported: {SUPPORTED}."),
                 io.Combo.Input("method", options=list(METHODS), default=DEFAULTS.method,
