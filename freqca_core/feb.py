@@ -23,10 +23,9 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import torch
 
-from .cache import CRFHistory
-from .methods import CacheMethod
-from .schedule import FixedRun, ScheduleRun, StepLocator
-from .spectral import TokenLayout
+from .forecast import ReuseForecaster
+from .methods import ForecastMethod
+from .schedule import StepSchedule
 from .validation import check_choice, check_float, check_int
 
 FULL, ATTN, BOTH = "full", "attn", "both"
@@ -410,7 +409,7 @@ class AttentionCall:
 
 # ----------------------------------------------------------------------------------- method and schedule
 
-class FEBSchedule:
+class FEBSchedule(StepSchedule):
     """The table as a schedule: the blocks run at ``full`` and ``attn`` steps, not at ``both`` steps."""
 
     def __init__(self, table: CacheTable) -> None:
@@ -421,29 +420,20 @@ class FEBSchedule:
             return True  # unknown length, past the table: compute
         return self.table.action(step, n_steps) != BOTH
 
-    def full_steps(self, n_steps: int) -> list[int]:
-        return [i for i in range(n_steps) if self.is_full(i, n_steps)]
-
-    def start_run(self, locator: StepLocator) -> ScheduleRun:
-        return FixedRun(self, locator.n_steps)  # type: ignore[arg-type]  # duck-typed: is_full(step, n)
 
 
-class FEBMethod(CacheMethod):
+class FEBMethod(ForecastMethod):
     """FEB-Cache on the controller. ``both`` steps: the blocks are skipped and their residuals reused, i.e.
     the stored residual ``crf - embedding`` of the last step whose blocks ran plus the current embedding
     (``residual``). ``attn`` steps: the blocks run with their attention kernels served from the last full
     step (``attention_mode``). Cached outputs are exposure-scaled by ``delta`` (``exposure_scale``)."""
 
-    name = "feb"
-    history_size = 1
     residual = True
 
     def __init__(self, table: CacheTable, delta: float = 1.0) -> None:
+        super().__init__("feb", ReuseForecaster())
         self.table = table
         self.delta = check_float("exposure_delta", delta, 0.0, 10.0, low_open=True)
-
-    def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
-        return history.entries[0].crf.clone()
 
     def attention_mode(self, step: int, n_steps: int | None) -> str | None:
         """``"store"`` at full steps, ``"serve"`` at attention-reuse steps (blocks run at both)."""

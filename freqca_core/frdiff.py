@@ -27,12 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from .cache import CRFHistory
-from .methods import CacheMethod
-from .schedule import FixedRun, ScheduleRun, StepLocator
-from .spectral import TokenLayout
+from .forecast import ReuseForecaster
+from .methods import ForecastMethod
+from .schedule import StepSchedule
 
 DEFAULT_GATES = Path(__file__).resolve().parent / "testbed" / "weights" / "frdiff_gates.json"
 
@@ -47,21 +44,16 @@ def remaining_fraction(step: int, n_steps: int) -> float:
     return 1.0 - step / n_steps
 
 
-class FRDiffMethod(CacheMethod):
+class FRDiffMethod(ForecastMethod):
     """FRDiff: reuse of the last full step's CRF, and score mixing of cached calls' outputs (see module doc).
 
     ``score_mixing=False`` leaves plain feature reuse (the same outputs as ``reuse``), for comparisons.
     """
 
-    name = "frdiff"
-    history_size = 1
-
     def __init__(self, score_mixing: bool = True) -> None:
+        super().__init__("frdiff", ReuseForecaster())
         self.score_mixing = bool(score_mixing)
         self.mixes_output = self.score_mixing
-
-    def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
-        return history.entries[0].crf.clone()
 
     def output_weight(self, step: int, n_steps: int | None) -> float:
         if not self.score_mixing or not n_steps:
@@ -74,7 +66,7 @@ class FRDiffMethod(CacheMethod):
 
 
 @dataclass(frozen=True)
-class GateSchedule:
+class GateSchedule(StepSchedule):
     """Full/cached steps from per-step gates (True: full) learned for ``len(gates)`` steps.
 
     Used wherever a ``FixedSchedule`` is. Step ``i`` of ``n`` takes the gate at the same step fraction
@@ -109,11 +101,6 @@ class GateSchedule:
         index = self.gate_index(step, n_steps)
         return index is None or self.gates[index]
 
-    def full_steps(self, n_steps: int) -> list[int]:
-        return [i for i in range(n_steps) if self.is_full(i, n_steps)]
-
-    def start_run(self, locator: StepLocator) -> ScheduleRun:
-        return FixedRun(self, locator.n_steps)  # type: ignore[arg-type]  # duck-typed: is_full(step, n)
 
     # ------------------------------------------------------------------------------------- files
     def to_json(self) -> dict:

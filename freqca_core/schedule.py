@@ -8,8 +8,22 @@ from typing import Sequence
 from .validation import check_float, check_int
 
 
+class StepSchedule:
+    """A schedule whose decisions depend on the step and the run length only (``is_full(step, n_steps)``)."""
+
+    def is_full(self, step: int, n_steps: int | None) -> bool:
+        raise NotImplementedError
+
+    def full_steps(self, n_steps: int) -> list[int]:
+        return [i for i in range(n_steps) if self.is_full(i, n_steps)]
+
+    def start_run(self, locator: StepLocator) -> ScheduleRun:
+        """This schedule's decisions for one sampling run."""
+        return FixedRun(self, locator.n_steps)
+
+
 @dataclass(frozen=True)
-class FixedSchedule:
+class FixedSchedule(StepSchedule):
     """FreqCa's schedule: ``warmup`` full steps, then one full step every ``interval`` steps.
 
     Step ``i`` of ``n`` is full if ``i < origin`` (``origin = max(warmup, 1, ceil(start * n))``), if
@@ -50,12 +64,6 @@ class FixedSchedule:
             return True
         return n_steps is not None and (step >= self.end * n_steps - 1e-9 or step >= n_steps - self.final_full)
 
-    def full_steps(self, n_steps: int) -> list[int]:
-        return [i for i in range(n_steps) if self.is_full(i, n_steps)]
-
-    def start_run(self, locator: StepLocator) -> ScheduleRun:
-        """This schedule's decisions for one sampling run."""
-        return FixedRun(self, locator.n_steps)
 
 
 class ScheduleRun:
@@ -73,9 +81,9 @@ class ScheduleRun:
 
 
 class FixedRun(ScheduleRun):
-    """A schedule whose decisions depend on the step only (``is_full(step, n_steps)``)."""
+    """The run of a ``StepSchedule``: its decisions depend on the step only."""
 
-    def __init__(self, schedule: FixedSchedule, n_steps: int | None) -> None:
+    def __init__(self, schedule: StepSchedule, n_steps: int | None) -> None:
         self.schedule, self.n_steps = schedule, n_steps
 
     def is_full(self, step: int) -> bool:
