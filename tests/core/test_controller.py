@@ -253,29 +253,28 @@ def test_token_count_change_falls_back_then_resumes():
     sig = flux_sigmas(12)
     small, big = TokenLayout.grid(4, 5), TokenLayout.grid(4, 6)
     ta, tb = quadratic(1, 1, small), quadratic(1, 2, big)
-    ctrl.start_run(sig)
-    modes = []
-    for i, s in enumerate(sig[:-1]):
-        layout, traj = (small, ta) if i < 4 else (big, tb)
-        p = ctrl.plan(s, [0], 1, layout)
-        if p.full:
-            ctrl.record(p, traj(s))
-        else:
-            assert p.crf.shape == (1, layout.length, D)
-        modes.append((p.full, p.reason))
+
+    def run(switch: int) -> list[tuple[bool, str]]:
+        """One run whose token grid grows at step ``switch``: (full, reason) per step."""
+        ctrl.start_run(sig)
+        modes = []
+        for i, s in enumerate(sig[:-1]):
+            layout, traj = (small, ta) if i < switch else (big, tb)
+            p = ctrl.plan(s, [0], 1, layout)
+            if p.full:
+                ctrl.record(p, traj(s))
+            else:
+                assert p.crf.shape == (1, layout.length, D)
+            modes.append((p.full, p.reason))
+        return modes
+
+    modes = run(4)
     assert FixedSchedule(2, 3).full_steps(11) == [0, 1, 4, 7, 10]
     assert modes[2] == (False, "") and modes[3] == (False, "")
     # step 4 is full anyway; the size changed there, so the forecast at step 5 needs the new size: it has it
     assert modes[5] == (False, "")
     # now change the size at a cached step
-    ctrl.start_run(sig)
-    modes = []
-    for i, s in enumerate(sig[:-1]):
-        layout, traj = (small, ta) if i < 5 else (big, tb)
-        p = ctrl.plan(s, [0], 1, layout)
-        if p.full:
-            ctrl.record(p, traj(s))
-        modes.append((p.full, p.reason))
+    modes = run(5)
     assert modes[5][0] and modes[5][1]  # fallback with a reason
     assert modes[6] == (False, "")  # resumes caching from the new-size CRF
     assert ctrl.stats.fallbacks == 1 and ctrl.stats.steps[5] == "full"
