@@ -15,9 +15,8 @@ How this package implements it (our interpretation, on the CRF interface of ``me
   The ``CacheController`` does the mixing (``finish_call``) with ``FRDiffMethod.output_weight``; when the
   run's length is unknown the weight is 0 (plain feature reuse).
 - **Auto-FR**: which steps run full comes from per-step gates (``GateSchedule``) learned on the testbed
-  against the uncached sampler. ``GateSchedule.default()`` is the shipped 28-step set
-  (``testbed/weights/frdiff_gates.json``, made by ``python -m freqca_core.autofr``); other step counts
-  resample it by step fraction.
+  against the uncached sampler (``python -m freqca_lab.autofr``, which writes a 28-step set for the testbed);
+  other step counts resample a set by step fraction.
 """
 from __future__ import annotations
 
@@ -30,9 +29,6 @@ from typing import Sequence
 from .forecast import ReuseForecaster
 from .methods import ForecastMethod
 from .schedule import StepSchedule
-
-DEFAULT_GATES = Path(__file__).resolve().parent / "testbed" / "weights" / "frdiff_gates.json"
-
 
 def score_mix_weight(r: float) -> float:
     """λ(r) = clip((30·(r − 0.5) + 2) / 4, 0, 1): weight of the reduced-NFE output at remaining noise ``r``."""
@@ -134,11 +130,6 @@ class GateSchedule(StepSchedule):
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: cannot read a gates file: {exc}") from exc
         return cls.from_json(data, str(path))
-
-    @classmethod
-    def default(cls) -> "GateSchedule":
-        """The shipped Auto-FR gates (28 steps, learned on the testbed)."""
-        return cls.load(DEFAULT_GATES)
 
     @classmethod
     def from_steps(cls, full: Sequence[int], n_steps: int, meta: dict | None = None) -> "GateSchedule":

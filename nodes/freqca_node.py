@@ -76,7 +76,7 @@ class FreqCaAccelerate(io.ComfyNode):
                                          "every attention layer."),
                 io.String.Input("gates_file", default=DEFAULTS.gates_file, optional=True,
                                 tooltip="Method frdiff only: path of a JSON file of per-step gates learned by "
-                                        "Auto-FR (python -m freqca_core.autofr); it replaces the schedule "
+                                        "Auto-FR (python -m freqca_lab.autofr); it replaces the schedule "
                                         "(resampled to the run's steps). Empty: use the schedule."),
                 io.Int.Input("taylor_order", default=DEFAULTS.taylor_order, min=0, max=3, optional=True,
                              tooltip="Method taylor only: order of the forecast (0 = reuse, 1 = linear, 2 = "

@@ -1,4 +1,4 @@
-"""Test set-up shared by all tests: the repository root and this folder on ``sys.path`` (see pack_env)."""
+"""Test set-up shared by all tests: the repository root on ``sys.path`` (see ``freqca_lab.comfy.env``)."""
 import sys
 from pathlib import Path
 
@@ -6,9 +6,8 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
-for path in (HERE.parent, HERE):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
 
 
 @pytest.fixture(scope="module")

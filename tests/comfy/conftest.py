@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from pack_env import find_comfyui, load_pack
-from harness import import_comfyui
+from freqca_lab.comfy.env import find_comfyui, load_pack
+from freqca_lab.comfy.harness import import_comfyui
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def pack(comfyui):
 @pytest.fixture(scope="module")
 def flux(comfyui):
     """The harness's tiny random-weight Flux (seed 1)."""
-    from harness import build_flux
+    from freqca_lab.comfy.harness import build_flux
 
     return build_flux(seed=1)
 
@@ -38,6 +38,6 @@ def flux(comfyui):
 @pytest.fixture(scope="module")
 def conds(comfyui):
     """Positive and negative conditioning for ``flux``."""
-    from harness import flux_conditioning
+    from freqca_lab.comfy.harness import flux_conditioning
 
     return flux_conditioning(seed=2)

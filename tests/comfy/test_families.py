@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 import torch
 
-import harness as H
+from freqca_lab.comfy import harness as H
 
 STEPS = 8
 INTERVAL, WARMUP = 3, 2

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import (build_chroma, build_flux, bypass_blocks, count_block_calls, flux_conditioning, model_fingerprint,
+from freqca_lab.comfy.harness import (build_chroma, build_flux, bypass_blocks, count_block_calls, flux_conditioning, model_fingerprint,
                      rel_l1, sample)
-from testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
+from freqca_lab.comfy.testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
 
 STEPS = 12
 N_BLOCKS = 5  # harness FLUX_CONFIG: 2 double + 3 single

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import (STRONG, BlockCalls, add_reference_latent, build_chroma, build_flux, bypass_blocks,
+from freqca_lab.comfy.harness import (STRONG, BlockCalls, add_reference_latent, build_chroma, build_flux, bypass_blocks,
                      count_block_calls, flux_conditioning, model_fingerprint, rel_l1, sample)
 
 STEPS = 6

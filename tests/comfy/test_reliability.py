@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import build_flux, count_block_calls, flux_conditioning, rel_l1
+from freqca_lab.comfy.harness import build_flux, count_block_calls, flux_conditioning, rel_l1
 
 STEPS = 6
 SHAPE = (1, 16, 16, 16)  # 8 x 8 image tokens

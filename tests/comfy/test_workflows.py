@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pack_env import REPO
+from freqca_lab.comfy.env import REPO
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 FIXTURE_NODES = REPO / "tests" / "e2e" / "fixture_nodes"

@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from freqca_core import bench
-from freqca_core.baselines import AdaptiveOutputCache, calibrate_threshold
+from freqca_lab import bench
+from freqca_lab.baselines import AdaptiveOutputCache, calibrate_threshold
 from freqca_core.controller import CacheController
 from freqca_core.methods import make_method
-from freqca_core.runner import (flop_counter, flops_per_sample, generate, median_call_seconds, randomize, run_cost,
+from freqca_lab.runner import (flop_counter, flops_per_sample, generate, median_call_seconds, randomize, run_cost,
                                 streams_for)
 from freqca_core.schedule import FixedSchedule
-from freqca_core.testbed.data import PROMPTS, PromptTable
-from freqca_core.testbed.model import TinyFlux, TinyFluxConfig
+from freqca_lab.testbed.data import PROMPTS, PromptTable
+from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig
 
 CONTRACT = ("method", "params", "full_steps", "nfe_ratio", "wall_s", "speedup", "psnr", "ssim", "rel_l1",
             "cache_bytes", "flops_speedup")
@@ -192,8 +192,8 @@ def test_table_marks_best_psnr_per_budget_even_for_a_baseline():
 
 
 def test_stepwise_sampling_matches_the_testbed_sampler(setup):
-    from freqca_core.runner import Sampling
-    from freqca_core.testbed.sampling import euler_sample, flux_sigmas, seeded_noise
+    from freqca_lab.runner import Sampling
+    from freqca_lab.testbed.sampling import euler_sample, flux_sigmas, seeded_noise
     model, table = setup
     ctx, y = table([table.null_id, table.null_id, 0, 5])
 

@@ -8,7 +8,7 @@ import torch
 
 from freqca_core.feb import (ATTN, BOTH, FULL, LEVELS, AttentionCache, CacheTable, default_table, derive_table,
                              exposure_scale, load_tables, pick_table, save_tables)
-from freqca_core.testbed.model import TinyFlux, TinyFluxConfig, attention
+from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig, attention
 
 torch.set_num_threads(1)
 

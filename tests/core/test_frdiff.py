@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from freqca_core import METHODS, CacheController, CRFHistory, TokenLayout, make_method
-from freqca_core.autofr import evenly_spaced, gated_sample, learn_gates, target_count
-from freqca_core.frdiff import DEFAULT_GATES, FRDiffMethod, GateSchedule, score_mix_weight
-from freqca_core.runner import conditioning, generate, randomize
+from freqca_lab.autofr import DEFAULT_GATES, evenly_spaced, gated_sample, learn_gates, target_count
+from freqca_core.frdiff import FRDiffMethod, GateSchedule, score_mix_weight
+from freqca_lab.runner import conditioning, generate, randomize
 from freqca_core.schedule import StepLocator
-from freqca_core.testbed.data import PROMPTS, PromptTable
-from freqca_core.testbed.model import TinyFlux, TinyFluxConfig
-from freqca_core.testbed.sampling import flux_sigmas, seeded_noise
+from freqca_lab.testbed.data import PROMPTS, PromptTable
+from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig
+from freqca_lab.testbed.sampling import flux_sigmas, seeded_noise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LAYOUT = TokenLayout.grid(2, 3)
@@ -169,8 +169,7 @@ def test_gate_schedule_bad_files_name_the_file_and_field(tmp_path, content, fiel
 
 
 def test_default_gates_are_shipped():
-    gates = GateSchedule.default()
-    assert DEFAULT_GATES.name == "frdiff_gates.json"
+    gates = GateSchedule.load(DEFAULT_GATES)
     assert gates.steps == 28 and gates.gates[0]
     assert len(gates.full_steps(28)) == gates.meta["full_steps"] < 28
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from freqca_core.metrics import fidelity, gaussian_window, psnr, rel_l1, ssim, to_unit
+from freqca_lab.metrics import fidelity, gaussian_window, psnr, rel_l1, ssim, to_unit
 
 
 def _images(seed: int = 0, shape=(3, 24, 20)) -> torch.Tensor:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pack_env import find_comfyui
-from freqca_core.testbed.data import PROMPTS, PromptTable, render, render_batch
-from freqca_core.testbed.model import WEIGHTS_DIR, TinyFlux, TinyFluxConfig, load_testbed
-from freqca_core.testbed.sampling import euler_sample, flux_sigmas, seeded_noise
+from freqca_lab.comfy.env import find_comfyui
+from freqca_lab.testbed.data import PROMPTS, PromptTable, render, render_batch
+from freqca_lab.testbed.model import WEIGHTS_DIR, TinyFlux, TinyFluxConfig, load_testbed
+from freqca_lab.testbed.sampling import euler_sample, flux_sigmas, seeded_noise
 
 SMALL = dict(vec_in_dim=8, context_in_dim=12, hidden_size=32, num_heads=2, depth=1, depth_single_blocks=2,
              axes_dim=[4, 6, 6])

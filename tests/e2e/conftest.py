@@ -14,7 +14,7 @@ import urllib.error
 import pytest
 
 from e2e_server import START_TIMEOUT_S, WEIGHTS, ComfyServer, free_port, make_base_dir, stop
-from pack_env import find_comfyui
+from freqca_lab.comfy.env import find_comfyui
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pack_env import REPO
+from freqca_lab.comfy.env import REPO
 
 HERE = Path(__file__).resolve().parent
 FIXTURE_NODES = HERE / "fixture_nodes"
 ARTIFACTS = HERE / "artifacts"
-WEIGHTS = REPO / "freqca_core" / "testbed" / "weights"
+WEIGHTS = REPO / "freqca_lab" / "testbed" / "weights"
 PACK_DIR_NAME = "comfyui-freqca"
 START_TIMEOUT_S = 90
 

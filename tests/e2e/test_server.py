@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from e2e_server import PACK_DIR_NAME, make_testbed_prompt
-from pack_env import REPO
+from freqca_lab.comfy.env import REPO
 
 STEPS = 12
 # warm-up 3, interval 3, final_full 1 of 12 steps: full steps 0, 1, 2, 5, 8, 11

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-WEIGHTS = Path(__file__).resolve().parents[3] / "freqca_core" / "testbed" / "weights"
+WEIGHTS = Path(__file__).resolve().parents[3] / "freqca_lab" / "testbed" / "weights"
 MODEL_FILE = WEIGHTS / "tinyflux.safetensors"
 PROMPT_FILE = WEIGHTS / "prompts.safetensors"
 TESTBED_SHIFT = 2.0  # the testbed's sigma schedule: shift * t / (1 + (shift - 1) * t)

@@ -1,4 +1,4 @@
-"""Train the testbed: ``python -m freqca_core.testbed.train [--out DIR] [--iters N] [--minutes M] [--seed S]``.
+"""Train the testbed: ``python -m freqca_lab.testbed.train [--out DIR] [--iters N] [--minutes M] [--seed S]``.
 
 Deterministic on CPU (fixed seeds, one process, fixed thread count): every batch, timestep and noise
 tensor is a function of (seed, iteration). Rectified flow: x_t = (1-t) x0 + t noise, the model predicts
@@ -146,7 +146,7 @@ def write_card(path: Path, model: TinyFlux, stats: dict) -> None:
         f"- {len(PROMPTS)} prompts = 6 shapes (circle, square, triangle, ring, cross, stripes) x 6 colours "
         "(red, green, blue, yellow, magenta, cyan), plus a null prompt for CFG (10% condition dropout).",
         "- One shape of random size, position and rotation on a muted gradient background with a faint "
-        "wave or blob texture; RGB in [-1, 1]. `freqca_core.testbed.data.render(prompt, seed, size)`.",
+        "wave or blob texture; RGB in [-1, 1]. `freqca_lab.testbed.data.render(prompt, seed, size)`.",
         f"- Training image seeds >= {TRAIN_SEED_BASE:,}; seeds below are held out.",
         "- Prompt conditioning (`prompts.safetensors`): a learned context [4, 64] and pooled vector [64] per prompt.",
         "",
@@ -165,7 +165,7 @@ def write_card(path: Path, model: TinyFlux, stats: dict) -> None:
         f"{GRID_STEPS} Euler steps, shift {GRID_SHIFT}, CFG {GRID_CFG}.",
         "",
         "## Reproduce",
-        f"`python -m freqca_core.testbed.train --iters {stats['iters']} --seed {stats['seed']} "
+        f"`python -m freqca_lab.testbed.train --iters {stats['iters']} --seed {stats['seed']} "
         f"--batch {stats['batch']} --lr {stats['lr']} --threads {stats['threads']}`",
         "",
     ]

@@ -1,6 +1,6 @@
 """Measure FreqCa Accelerate on a Flux-shaped random model in real ComfyUI (run by hand, not by pytest).
 
-    python tests/comfy/measure_speed.py [--hidden 384] [--double 2] [--single 6] [--latent 32] [--repeats 3]
+    python3 -m freqca_lab.comfy.measure_speed [--hidden 384] [--double 2] [--single 6] [--latent 32] [--repeats 3]
 
 For 28 and 50 euler steps and a few intervals: fraction of block executions, wall-clock speedup against the
 uncached model (median of alternating repeats in this one process), and that speedup divided by the ideal
@@ -14,11 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pack_env import find_comfyui, load_pack  # noqa: E402
-from harness import build_flux, count_block_calls, flux_conditioning, import_comfyui, sample  # noqa: E402
+from freqca_lab.comfy.env import find_comfyui, load_pack
+from freqca_lab.comfy.harness import build_flux, count_block_calls, flux_conditioning, import_comfyui, sample
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .controller import CacheController, RunStats
-from .spectral import TokenLayout
+from freqca_core.controller import CacheController, RunStats
+from freqca_core.spectral import TokenLayout
 
 UNCOND, COND = "uncond", "cond"
 

@@ -1,4 +1,4 @@
-"""Benchmark: ``python -m freqca_core.bench [--quick] [--steps N] [--seeds K] [--json PATH] [--out DIR]
+"""Benchmark: ``python -m freqca_lab.bench [--quick] [--steps N] [--seeds K] [--json PATH] [--out DIR]
 [--model testbed|flux-timing] [--repeats R] [--threads T]``.
 
 ``--model testbed`` (default): the shipped trained TinyFlux, held-out noise seeds and prompts, CFG 3.
@@ -34,14 +34,14 @@ import torch
 
 from . import report
 from .baselines import AdaptiveOutputCache, BudgetExceeded, calibrate_threshold
-from .controller import CacheController
-from .methods import make_method
+from freqca_core.controller import CacheController
+from freqca_core.methods import make_method
 from .metrics import fidelity
 from .runner import Generation, Sampling, flops_per_sample, generate, median_call_seconds, randomize, run_cost
-from .adaptive import AdaptiveSchedule
-from .feb import LEVELS as FEB_LEVELS
-from .feb import FEBMethod, FEBSchedule, load_tables, pick_table
-from .schedule import FixedSchedule
+from freqca_core.adaptive import AdaptiveSchedule
+from freqca_core.feb import LEVELS as FEB_LEVELS
+from freqca_core.feb import FEBMethod, FEBSchedule, load_tables, pick_table
+from freqca_core.schedule import FixedSchedule
 
 WARMUP = 3
 ADAPTIVE_MAX_GAP = 12  # the adaptive schedule's largest interval in the benchmark
@@ -343,13 +343,13 @@ def run_flux_timing(spec: Spec, progress: Progress, model=None) -> tuple[dict, l
 
 # ----------------------------------------------------------------------------------------------- CLI
 def load_testbed_model():
-    """The shipped trained testbed (``freqca_core/testbed/weights``)."""
+    """The shipped trained testbed (``freqca_lab/testbed/weights``)."""
     from .testbed.model import load_testbed
     return load_testbed("cpu")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m freqca_core.bench", description=__doc__.split("\n\n")[1],
+    p = argparse.ArgumentParser(prog="python -m freqca_lab.bench", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="28 steps, 2 seeds, N = 3 and 6, one timing round (under a minute)")

@@ -1,4 +1,4 @@
-"""FEB-Cache probe on the testbed: ``python -m freqca_core.febprobe [--steps 28 50] [--seeds 4] [--out PATH]``.
+"""FEB-Cache probe on the testbed: ``python -m freqca_lab.febprobe [--steps 28 50] [--seeds 4] [--out PATH]``.
 
 1. Samples the trained TinyFlux (calibration prompts and seeds of ``bench``, CFG 3, shift 2, 32x32) and
    records, per step, every block's attention-kernel output (through the model's attention override) and
@@ -26,13 +26,13 @@ import torch
 from torch import Tensor
 
 from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, calib_prompts, report_prompts
-from .controller import CacheController
-from .feb import LEVELS, CacheTable, FEBMethod, FEBSchedule, derive_table, save_tables
-from .methods import make_method
+from freqca_core.controller import CacheController
+from freqca_core.feb import LEVELS, CacheTable, FEBMethod, FEBSchedule, derive_table, save_tables
+from freqca_core.methods import make_method
 from .metrics import psnr, to_unit
 from .runner import conditioning, generate, streams_for
-from .schedule import FixedSchedule
-from .spectral import BandSplitter, TokenLayout
+from freqca_core.schedule import FixedSchedule
+from freqca_core.spectral import BandSplitter, TokenLayout
 from .testbed.model import WEIGHTS_DIR
 from .testbed.sampling import flux_sigmas, seeded_noise
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "comfyui_freqca"
 
 if str(REPO) not in sys.path:

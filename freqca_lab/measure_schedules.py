@@ -1,6 +1,6 @@
 """Full steps needed for a PSNR target, fixed vs adaptive schedule, on the trained testbed (issue 9).
 
-    python3 tests/core/measure_schedules.py [--steps 50] [--seeds 4] [--targets 30 35]
+    python3 -m freqca_lab.measure_schedules [--steps 50] [--seeds 4] [--targets 30 35]
 
 For each configuration family (FreqCa and reuse on the fixed schedule over intervals 2..12, on the adaptive
 schedule over a tolerance grid, and the output-space adaptive baseline over a threshold grid) every setting
@@ -17,17 +17,16 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from freqca_core.adaptive import AdaptiveSchedule  # noqa: E402
-from freqca_core.baselines import AdaptiveOutputCache  # noqa: E402
-from freqca_core.bench import (ADAPTIVE_MAX_GAP, CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP,  # noqa: E402
+from freqca_core.adaptive import AdaptiveSchedule
+from freqca_lab.baselines import AdaptiveOutputCache
+from freqca_lab.bench import (ADAPTIVE_MAX_GAP, CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP,
                                calib_prompts, load_testbed_model, report_prompts)
-from freqca_core.controller import CacheController  # noqa: E402
-from freqca_core.methods import make_method  # noqa: E402
-from freqca_core.metrics import fidelity  # noqa: E402
-from freqca_core.runner import generate  # noqa: E402
-from freqca_core.schedule import FixedSchedule  # noqa: E402
+from freqca_core.controller import CacheController
+from freqca_core.methods import make_method
+from freqca_lab.metrics import fidelity
+from freqca_lab.runner import generate
+from freqca_core.schedule import FixedSchedule
 
 TOLERANCES = [0.02 * 1.4 ** k for k in range(12)]
 THRESHOLDS = [0.01 * 1.5 ** k for k in range(12)]

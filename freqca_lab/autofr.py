@@ -1,8 +1,8 @@
 """Auto-FR: learn FRDiff's per-step reuse gates on the testbed model against the uncached sampler.
 
-``python -m freqca_core.autofr [--steps 28] [--target-full 10] [--images 3] [--iters 16] [--lr 3]
+``python -m freqca_lab.autofr [--steps 28] [--target-full 10] [--images 3] [--iters 16] [--lr 3]
 [--cost-weight 100] [--threads 1] [--out PATH]`` writes a ``GateSchedule`` JSON (default: the shipped
-``freqca_core/testbed/weights/frdiff_gates.json``).
+``freqca_lab/testbed/weights/frdiff_gates.json``).
 
 Training (differentiable in the gates only; the model is frozen):
 
@@ -42,9 +42,13 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .frdiff import DEFAULT_GATES, GateSchedule, remaining_fraction, score_mix_weight
+from freqca_core.frdiff import GateSchedule, remaining_fraction, score_mix_weight
+from freqca_core.validation import check_float, check_int
+
 from .runner import conditioning, generate, streams_for
-from .validation import check_float, check_int
+from .testbed.model import WEIGHTS_DIR
+
+DEFAULT_GATES = WEIGHTS_DIR / "frdiff_gates.json"  # the shipped 28-step gates, learned on the testbed
 
 
 THETA_LIMIT = 2.0  # |θ| bound: sigmoid'(2) ≈ 0.1
@@ -173,7 +177,7 @@ def learn_gates(model: nn.Module, table: nn.Module, *, steps: int = 28, target: 
         with torch.no_grad():
             theta.clamp_(-THETA_LIMIT, THETA_LIMIT)  # a gate pushed far away keeps a gradient to come back
     result.seconds = time.perf_counter() - start
-    meta = {"learned_by": "freqca_core.autofr", "model": type(model).__name__, "steps": steps,
+    meta = {"learned_by": "freqca_lab.autofr", "model": type(model).__name__, "steps": steps,
             "target_full_steps": count, "full_steps": sum(result.schedule.gates), "images": images,
             "seeds": seeds, "prompts": prompts, "iters": iters, "lr": lr, "cost_weight": cost_weight,
             "cfg": cfg, "shift": shift, "size": list(size), "mse_initial": result.mse[0],

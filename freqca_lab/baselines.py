@@ -27,8 +27,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .controller import RunStats
-from .schedule import StepLocator
+from freqca_core.controller import RunStats
+from freqca_core.schedule import StepLocator
 
 
 class BudgetExceeded(RuntimeError):

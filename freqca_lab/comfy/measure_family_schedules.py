@@ -1,6 +1,6 @@
 """Fixed vs adaptive schedule on every supported family in real ComfyUI (run by hand, not by pytest).
 
-    python tests/comfy/measure_family_schedules.py [--steps 28] [--method freqca] [--families Flux SD3 ...]
+    python3 -m freqca_lab.comfy.measure_family_schedules [--steps 28] [--method freqca] [--families Flux SD3 ...]
 
 The random-weight models of ``measure_families.py`` are sampled with euler through the node, on the fixed
 schedule (warm-up 3, intervals 2, 3, 4, 6, 9) and on the adaptive one (warm-up 3, max interval 12, a
@@ -16,11 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_families import families, start_comfyui  # noqa: E402
-import harness as H  # noqa: E402
+from freqca_lab.comfy.measure_families import families, start_comfyui
+from freqca_lab.comfy import harness as H
 
 INTERVALS = (2, 3, 4, 6, 9)
 TOLERANCES = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32)

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "freqca_core" / "testbed" / "weights"
+WEIGHTS = Path(__file__).resolve().parents[2] / "freqca_lab" / "testbed" / "weights"
 
 
 def build_testbed_flux():

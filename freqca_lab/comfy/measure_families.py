@@ -1,6 +1,6 @@
 """Measure FreqCa Accelerate on every supported DiT family in real ComfyUI (run by hand, not by pytest).
 
-    python tests/comfy/measure_families.py [--steps 28] [--repeats 3] [--threads 1] [--families wan sd3 ...]
+    python3 -m freqca_lab.comfy.measure_families [--steps 28] [--repeats 3] [--threads 1] [--families wan sd3 ...]
 
 For each family, a CPU-sized random-weight model built with ComfyUI's own classes (widths ~256-384, 4-8 blocks,
 256-320 image tokens) is sampled with euler for ``--steps`` steps, uncached and through the node with its
@@ -19,11 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pack_env import find_comfyui, load_pack  # noqa: E402
-import harness as H  # noqa: E402
+from freqca_lab.comfy.env import find_comfyui, load_pack
+from freqca_lab.comfy import harness as H
 
 IMAGE = (1, 16, 32, 32)  # 16 x 16 = 256 image tokens
 VIDEO = (1, 16, 5, 16, 16)  # 5 frames of 8 x 8 = 320 tokens
