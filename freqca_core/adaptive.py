@@ -1,7 +1,7 @@
 """Adaptive schedule: full steps chosen per run from the forecast's own measured error; no per-model table.
 
-At every full step ``i`` the controller measures the relative L1 error ``e`` that the method's forecast
-would have made there, from the history whose newest entry is full step ``k`` (``ScheduleRun.observe``).
+At every full step ``i`` the run measures the relative L1 error ``e`` that the method's forecast would have
+made there, from the history whose newest entry is full step ``k`` (``AdaptiveRun.observe_full``).
 A forecast's error grows with its reach, roughly like ``reach ** growth``, so the error expected at a
 later step ``j`` is ``e * (d(i, j) / d(k, i)) ** growth``, ``d`` the sigma distance between steps (step
 count when the run's sigmas are unknown). Weighted by the noise level ``sigma_j / sigma_0`` (an error at
@@ -15,9 +15,13 @@ and uncond calls of a step agree.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from .schedule import FixedSchedule, ScheduleRun, StepLocator
+import torch
+
+from .cache import CRFHistory
+from .schedule import FixedSchedule, ScheduleRun, StepLocator, same_sigma
 from .validation import check_float, check_int
 
 
@@ -34,6 +38,11 @@ class AdaptiveSchedule:
     end: float = 1.0
     growth: float = 1.0
     frame: FixedSchedule = field(init=False, repr=False, compare=False)
+    kind = "adaptive"
+
+    @property
+    def label(self) -> str:
+        return f"adaptive, max interval {self.max_gap}"
 
     def __post_init__(self) -> None:
         check_float("tolerance", self.tolerance, 0.0, 10.0)
@@ -50,8 +59,6 @@ class AdaptiveSchedule:
 class AdaptiveRun(ScheduleRun):
     """One run's adaptive decisions: ``next_full`` is set by each observed full step."""
 
-    wants_errors = True
-
     def __init__(self, schedule: AdaptiveSchedule, locator: StepLocator) -> None:
         self.schedule, self.locator = schedule, locator
         self.next_full: int | None = None  # None: nothing measured yet, the next step runs full
@@ -62,7 +69,17 @@ class AdaptiveRun(ScheduleRun):
             return True
         return step >= self.next_full
 
+    def observe_full(self, plan, pairs: list[tuple[CRFHistory, torch.Tensor]], method) -> None:
+        """Measure, per stream, the error the forecast from the history would have made for the computed
+        chunk; the worst stream counts."""
+        measured = [forecast_error(history, plan, chunk, method) for history, chunk in pairs]
+        errors = [e for e, _ in measured if e is not None]
+        prev_steps = [p for _, p in measured if p is not None]
+        self.observe(plan.step, max(errors) if errors else None, max(prev_steps, default=None))
+
     def observe(self, step: int, error: float | None, prev_step: int | None) -> None:
+        """Full step ``step`` ran. ``error``: the relative error the forecast from the history (newest entry
+        at ``prev_step``) would have made there, max over the call's streams; None if not measurable."""
         if error is None or prev_step is None or prev_step == step:
             self.next_full = None
             return
@@ -95,3 +112,21 @@ class AdaptiveRun(ScheduleRun):
         if sigmas is None or max(a, b) >= len(sigmas):
             return float(abs(b - a))
         return abs(sigmas[a] - sigmas[b])
+
+
+def forecast_error(history: CRFHistory, plan, crf: torch.Tensor, method) -> tuple[float | None, int | None]:
+    """Relative L1 error the forecast from ``history`` (without any entry at the call's sigma) would have made
+    for the computed ``crf`` ``[b, L, D]``, and the step of the history's newest entry; ``(None, None)``
+    without a usable history or when the forecast fails."""
+    entries = [e for e in history.entries if not same_sigma(plan.sigma, e.sigma)]
+    if not entries or entries[0].crf.shape != crf.shape:
+        return None, None
+    past = CRFHistory(history.capacity)
+    past.entries = entries
+    try:
+        forecast = method.predict(past, plan.sigma, plan.layout).to(crf.device, torch.float32)
+    except Exception:
+        return None, None
+    truth = crf.float()
+    error = float((forecast - truth).abs().mean() / truth.abs().mean().clamp_min(1e-12))
+    return (error, past.entries[0].step) if math.isfinite(error) else (None, None)

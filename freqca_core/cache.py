@@ -1,10 +1,17 @@
-"""CRF storage: a short history of full-step features per stream (cond / uncond / each batch chunk)."""
+"""CRF storage: a short history of full-step features per stream (cond / uncond / each batch chunk).
+
+The **CRF** (cumulative residual feature) of a model call is the image-token hidden state after the last
+transformer block, before the final layer, ``[B, L, D]``: what a full step computes and a cached step
+forecasts. A method may store a quantity derived from it (e.g. the CRF minus the block input).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Hashable
 
 import torch
+
+from .schedule import same_sigma
 
 
 @dataclass
@@ -26,16 +33,18 @@ class CRFHistory:
         self.entries: list[CRFEntry] = []
 
     def push(self, sigma: float, step: int, crf: torch.Tensor, device: torch.device | None = None) -> None:
-        """Store a copy of ``crf``; a CRF at the same sigma replaces its entry (re-runs at one sigma)."""
+        """Store a copy of ``crf``; a CRF at the same sigma up to rounding replaces its entry (re-runs at one
+        sigma: two entries ~1e-7 apart would make a forecast's divided differences divide by ~1e-7)."""
         if self.entries and self.entries[0].crf.shape != crf.shape:
             self.entries.clear()  # new size or batch: earlier features cannot be extrapolated from
-        self.entries = [e for e in self.entries if e.sigma != sigma]
+        self.entries = [e for e in self.entries if not same_sigma(e.sigma, sigma)]
         stored = crf.detach().to(device=device or crf.device, copy=True)
         self.entries.insert(0, CRFEntry(float(sigma), int(step), stored))
         del self.entries[self.capacity:]
 
-    def matches(self, shape: torch.Size) -> bool:
-        return bool(self.entries) and self.entries[0].crf.shape == shape
+    def matches(self, rows: int, length: int) -> bool:
+        """Whether the history can forecast a ``[rows, length, D]`` CRF (non-empty and of that size)."""
+        return bool(self.entries) and tuple(self.entries[0].crf.shape[:2]) == (rows, length)
 
     @property
     def sigmas(self) -> list[float]:

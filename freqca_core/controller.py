@@ -10,7 +10,7 @@ Both the ComfyUI adapters and the testbed use it the same way::
     else:
         crf = plan.crf                             # forecast [B, L, D]
     out = final_layer(crf, current_timestep_embedding)
-    out = controller.finish_call(plan, out)        # methods that mix outputs (FRDiff) do it here
+    out = controller.finish_call(plan, out, x)     # the method's output handling (mixing, scaling)
 
 ``streams`` names the batch chunks of the call (e.g. ComfyUI's cond uuids, uncond first): the batch is
 split evenly between them and each stream has its own CRF history. A cached call needs a usable history
@@ -19,16 +19,14 @@ for every stream; otherwise, or if a forecast fails or is not finite, the call r
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import torch
 
-from .cache import CRFHistory, StreamCache
-from .feb import AttentionCache, AttentionCall, exposure_scale
-from .methods import CacheMethod
-from .schedule import FixedSchedule, ScheduleRun, StepLocator, same_sigma
+from .cache import StreamCache
+from .methods.base import CacheMethod, Schedule
+from .schedule import ScheduleRun, StepLocator
 from .spectral import TokenLayout
 
 log = logging.getLogger("freqca")
@@ -45,7 +43,8 @@ class CallPlan:
     layout: TokenLayout
     crf: torch.Tensor | None = None
     reason: str = ""
-    attention: str | None = None  # at a full call: "store" or "serve" the attention kernels (FEB-Cache)
+    attention: str | None = None  # at a full call: "store" or "serve" the attention kernels (method's choice)
+    n_steps: int | None = None  # the run's length, if known
 
 
 @dataclass
@@ -57,7 +56,7 @@ class RunStats:
     cached_calls: int = 0
     fallbacks: int = 0
     peak_cache_bytes: int = 0
-    attention_served: int = 0  # attention kernel calls answered from the cache (FEB-Cache)
+    attention_served: int = 0  # attention kernel calls answered from the cache
     attention_computed: int = 0  # ... that had to be computed at attention-reuse steps (nothing fitting stored)
     steps: dict[int, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -84,7 +83,7 @@ class RunStats:
 class CacheController:
     """Decides and serves cached model calls for one sampling run at a time."""
 
-    def __init__(self, method: CacheMethod, schedule: FixedSchedule | Any, *,
+    def __init__(self, method: CacheMethod, schedule: Schedule, *,
                  offload_device: torch.device | None = None) -> None:
         self.method = method
         self.schedule = schedule
@@ -100,8 +99,7 @@ class CacheController:
         self.stats = RunStats(n_steps=self.locator.n_steps)
         self.run: ScheduleRun = self.schedule.start_run(self.locator)
         self.decisions: dict[int, bool] = {}  # step -> full: every call of a step (cond, uncond) alike
-        self.outputs: dict[Hashable, torch.Tensor] = {}  # stream -> last full call's output (output mixing)
-        self.attention = AttentionCache(self.offload_device)  # kernel outputs, for methods with attention_mode
+        self.method.start_run(self.offload_device)
 
     def is_full(self, step: int) -> bool:
         """The schedule's decision for ``step``, fixed at the step's first call."""
@@ -112,114 +110,59 @@ class CacheController:
     def plan(self, sigma: float, streams: Sequence[Hashable], batch: int, layout: TokenLayout,
              embedding: torch.Tensor | None = None) -> CallPlan:
         """Plan a call at ``sigma`` whose batch of ``batch`` rows is split evenly over ``streams``.
-        ``embedding`` ``[B, L, D]``: the image rows entering the first block (needed by ``residual`` methods)."""
+        ``embedding`` ``[B, L, D]``: the image rows entering the first block (for methods that store residuals)."""
         sigma = float(sigma)
         streams = tuple(streams) or (0,)
         step = self.locator.step_of(sigma)
-        plan = CallPlan(True, sigma, step, streams, layout)
+        plan = CallPlan(True, sigma, step, streams, layout, n_steps=self.locator.n_steps)
         if step is None or self.is_full(step):
             if step is not None:
-                plan.attention = self.method.attention_mode(step, self.locator.n_steps)
+                plan.attention = self.method.full_call_mode(step, self.locator.n_steps)
             return self._count(plan)
         if batch % len(streams):
             return self._fallback(plan, f"batch {batch} does not split over {len(streams)} streams")
         rows = batch // len(streams)
         histories = [self.cache.history(key) for key in streams]
-        if any(not h.entries or tuple(h.entries[0].crf.shape[:2]) != (rows, layout.length) for h in histories):
+        if not all(h.matches(rows, layout.length) for h in histories):
             return self._fallback(plan, "no stored CRF of this stream, size or batch")
         try:
-            crf = torch.cat([self.method.predict(h, sigma, layout) for h in histories], dim=0)
+            forecast = torch.cat([self.method.predict(h, sigma, layout) for h in histories], dim=0)
         except Exception as exc:  # a broken forecast must never break the sampling run
             return self._fallback(plan, f"forecast failed: {exc!r}", warn=True)
-        if self.method.residual:
-            if embedding is None or embedding.shape != crf.shape:
-                return self._fallback(plan, "no embedding of the call's image rows to add the residual to")
-            crf = crf + embedding.to(crf)
+        crf = self.method.decode(forecast, embedding)
+        if crf is None:
+            return self._fallback(plan, "no embedding of the call's image rows to add the residual to")
         if not torch.isfinite(crf).all():
             return self._fallback(plan, "forecast is not finite", warn=True)
         plan.full, plan.crf = False, crf
         return self._count(plan)
 
     def record(self, plan: CallPlan, crf: torch.Tensor, embedding: torch.Tensor | None = None) -> None:
-        """Store the CRF ``[B, L, D]`` computed by a full call (``residual`` methods: ``crf - embedding``)."""
+        """Store the CRF ``[B, L, D]`` computed by a full call (as the method encodes it, e.g. minus the
+        ``embedding`` of the image rows); the schedule run observes it first (adaptive schedules)."""
         if plan.step is None:
             return
         if not torch.isfinite(crf).all():
             self._warn(f"step {plan.step}: computed CRF is not finite; not cached")
             return
-        if self.method.residual:
-            if embedding is None or embedding.shape != crf.shape:
-                self._warn(f"step {plan.step}: no embedding of the image rows; not cached")
-                return
-            crf = crf - embedding.to(crf)
-        errors, prev_steps = [], []
-        for key, chunk in zip(plan.streams, crf.chunk(len(plan.streams), dim=0)):
-            history = self.cache.history(key)
-            if self.run.wants_errors:
-                error, prev_step = self._forecast_error(history, plan, chunk)
-                errors.append(error)
-                prev_steps += [prev_step] if prev_step is not None else []
-            # a re-run at the same sigma up to rounding replaces its entry: two entries ~1e-7 apart would
-            # make the forecast's divided differences divide by ~1e-7
-            history.entries = [e for e in history.entries if not same_sigma(plan.sigma, e.sigma)]
+        stored = self.method.encode(crf, embedding)
+        if stored is None:
+            self._warn(f"step {plan.step}: no embedding of the image rows; not cached")
+            return
+        chunks = list(zip(plan.streams, stored.chunk(len(plan.streams), dim=0)))
+        self.run.observe_full(plan, [(self.cache.history(key), chunk) for key, chunk in chunks], self.method)
+        for key, chunk in chunks:
             self.cache.push(key, plan.sigma, plan.step, chunk)
-        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.cache.nbytes + self.attention.nbytes)
-        if self.run.wants_errors:
-            measured = [e for e in errors if e is not None]
-            self.run.observe(plan.step, max(measured) if measured else None, max(prev_steps, default=None))
+        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.cache.nbytes + self.method.extra_bytes)
 
-    @staticmethod
-    def _past(history: CRFHistory, sigma: float, crf: torch.Tensor) -> CRFHistory | None:
-        """The history as it was before the full call at ``sigma`` (None if empty or of another shape)."""
-        entries = [e for e in history.entries if not same_sigma(sigma, e.sigma)]
-        if not entries or entries[0].crf.shape != crf.shape:
-            return None
-        past = CRFHistory(history.capacity)
-        past.entries = entries
-        return past
-
-    def _forecast_error(self, history: CRFHistory, plan: CallPlan,
-                        crf: torch.Tensor) -> tuple[float | None, int | None]:
-        """Relative L1 error the forecast from ``history`` would have made for the computed ``crf`` ``[b, L, D]``,
-        and the step of the history's newest entry; ``(None, None)`` without a usable history or when the
-        forecast fails."""
-        past = self._past(history, plan.sigma, crf)
-        if past is None:
-            return None, None
-        try:
-            forecast = self.method.predict(past, plan.sigma, plan.layout).to(crf.device, torch.float32)
-        except Exception:
-            return None, None
-        truth = crf.float()
-        error = float((forecast - truth).abs().mean() / truth.abs().mean().clamp_min(1e-12))
-        return (error, past.entries[0].step) if math.isfinite(error) else (None, None)
-
-    def attention_override(self, plan: CallPlan) -> AttentionCall | None:
+    def attention_override(self, plan: CallPlan) -> Callable[..., torch.Tensor] | None:
         """The call's attention-kernel override (``override(func, *args, **kwargs)``), or None."""
-        if plan.attention is None:
-            return None
-        return self.attention.override(plan.streams, serve=plan.attention == "serve" and len(self.attention) > 0)
+        return self.method.attention_override(plan)
 
     def finish_call(self, plan: CallPlan, out: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """The call's model output ``[B, ...]`` after the method's output handling: exposure scaling of a
-        cached (or attention-reusing) call's flow velocity by ``method.delta`` when the model input ``x``
-        is given, and output mixing (FRDiff): a full call's output is kept per stream; a cached call's
-        becomes ``w * kept + (1 - w) * out`` with ``w = method.output_weight(step, n_steps)``."""
-        reused = not plan.full or plan.attention == "serve"
-        if reused and self.method.delta != 1.0 and x is not None and plan.step is not None:
-            out = exposure_scale(out, x[:, : out.shape[1]], plan.sigma, self.method.delta, "flow")
-        if plan.step is None or not self.method.mixes_output:
-            return out
-        chunks = out.chunk(len(plan.streams), dim=0)
-        if plan.full:
-            for key, chunk in zip(plan.streams, chunks):
-                self.outputs[key] = chunk.detach().clone()
-            return out
-        weight = self.method.output_weight(plan.step, self.locator.n_steps)
-        kept = [self.outputs.get(key) for key in plan.streams]
-        if weight == 0.0 or any(k is None or k.shape != c.shape for k, c in zip(kept, chunks)):
-            return out
-        return torch.cat([torch.lerp(c, k.to(c), weight) for k, c in zip(kept, chunks)], dim=0)
+        """The call's model output ``[B, ...]`` after the method's output handling (``x``: the model input,
+        for methods that rescale flow velocities)."""
+        return self.method.finish_call(plan, out, x)
 
     def demote(self, plan: CallPlan, reason: str) -> CallPlan:
         """Turn a cached ``plan`` into a full one, for a caller that cannot use its forecast (a fallback)."""
@@ -231,10 +174,10 @@ class CacheController:
 
     def end_run(self) -> RunStats:
         """Release the stored tensors and return the run's statistics."""
-        self.stats.attention_served, self.stats.attention_computed = self.attention.hits, self.attention.misses
+        counts = self.method.end_run()
+        self.stats.attention_served = counts.get("attention_served", 0)
+        self.stats.attention_computed = counts.get("attention_computed", 0)
         self.cache.clear()
-        self.outputs.clear()
-        self.attention.clear()
         return self.stats
 
     def _count(self, plan: CallPlan) -> CallPlan:

@@ -9,7 +9,14 @@ from .validation import check_float, check_int
 
 
 class StepSchedule:
-    """A schedule whose decisions depend on the step and the run length only (``is_full(step, n_steps)``)."""
+    """A schedule whose decisions depend on the step and the run length only (``is_full(step, n_steps)``).
+    ``kind`` names what decides the full steps and ``label`` says it for a run summary."""
+
+    kind = "steps"
+
+    @property
+    def label(self) -> str:
+        return self.kind
 
     def is_full(self, step: int, n_steps: int | None) -> bool:
         raise NotImplementedError
@@ -37,6 +44,11 @@ class FixedSchedule(StepSchedule):
     final_full: int = 0
     start: float = 0.0
     end: float = 1.0
+    kind = "fixed"
+
+    @property
+    def label(self) -> str:
+        return f"interval {self.interval}"
 
     def __post_init__(self) -> None:
         check_int("warmup_steps", self.warmup, 0, 1000)
@@ -65,19 +77,16 @@ class FixedSchedule(StepSchedule):
         return n_steps is not None and (step >= self.end * n_steps - 1e-9 or step >= n_steps - self.final_full)
 
 
-
 class ScheduleRun:
-    """One sampling run's full/cached decisions. Adaptive runs learn from the forecast errors measured at
-    full steps (``observe``); the controller measures them only when ``wants_errors`` is set."""
-
-    wants_errors = False
+    """One sampling run's full/cached decisions; ``observe_full`` sees every full call's stored features
+    (adaptive runs learn from them)."""
 
     def is_full(self, step: int) -> bool:
         raise NotImplementedError
 
-    def observe(self, step: int, error: float | None, prev_step: int | None) -> None:
-        """Full step ``step`` ran. ``error``: the relative error the forecast from the history (newest entry
-        at ``prev_step``) would have made there, max over the call's streams; None if not measurable."""
+    def observe_full(self, plan, pairs: list, method) -> None:
+        """A full call (``plan``) computed the chunk ``[b, L, D]`` of each stream, given as ``(history, chunk)``
+        pairs with the stream's history before the chunk is stored; ``method`` forecasts from histories."""
 
 
 class FixedRun(ScheduleRun):
@@ -88,6 +97,13 @@ class FixedRun(ScheduleRun):
 
     def is_full(self, step: int) -> bool:
         return self.schedule.is_full(step, self.n_steps)
+
+
+def resampled_index(step: int, n_steps: int, n_ref: int) -> int:
+    """The index, in a per-step table written for ``n_ref`` steps, of step ``step`` of a run of ``n_steps``:
+    the reference step whose span holds the step's centre, ``floor((step + 0.5) * n_ref / n_steps)``
+    (the identity when ``n_steps == n_ref``)."""
+    return min(n_ref - 1, (2 * step + 1) * n_ref // (2 * n_steps))
 
 
 def same_sigma(a: float, b: float) -> bool:

@@ -42,7 +42,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from freqca_core.frdiff import GateSchedule, remaining_fraction, score_mix_weight
+from freqca_core.methods.frdiff import GateSchedule, remaining_fraction, score_mix_weight
 from freqca_core.validation import check_float, check_int
 
 from .runner import conditioning, generate, streams_for

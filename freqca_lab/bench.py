@@ -32,16 +32,14 @@ from typing import Any, Callable
 
 import torch
 
+from freqca_core import CacheConfig, CacheController
+from freqca_core.methods.feb import LEVELS as FEB_LEVELS
+
 from . import report
 from .baselines import AdaptiveOutputCache, BudgetExceeded, calibrate_threshold
-from freqca_core.controller import CacheController
-from freqca_core.methods import make_method
+from .feb_tables import load_tables, pick_table
 from .metrics import fidelity
 from .runner import Generation, Sampling, flops_per_sample, generate, median_call_seconds, randomize, run_cost
-from freqca_core.adaptive import AdaptiveSchedule
-from freqca_core.feb import LEVELS as FEB_LEVELS
-from freqca_core.feb import FEBMethod, FEBSchedule, load_tables, pick_table
-from freqca_core.schedule import FixedSchedule
 
 WARMUP = 3
 ADAPTIVE_MAX_GAP = 12  # the adaptive schedule's largest interval in the benchmark
@@ -104,13 +102,13 @@ class Progress:
 def schedule_configs(spec: Spec) -> list[Config]:
     configs = [Config("none", {}, spec.steps, lambda: None)]
     for n in spec.intervals:
-        schedule = FixedSchedule(warmup=WARMUP, interval=n)
-        budget = len(schedule.full_steps(spec.steps))
         for name in spec.methods:
             if name in ("adaptive", "feb"):
                 continue
-            params = {"warmup": WARMUP, "interval": n, **make_method(name, order=2).describe()}
-            configs.append(Config(name, params, budget, _controller_factory(name, schedule)))
+            cache = CacheConfig(method=name, warmup=WARMUP, interval=n)
+            budget = len(cache.step_schedule().full_steps(spec.steps))
+            params = {"warmup": WARMUP, "interval": n, **cache.new_method(spec.steps).describe()}
+            configs.append(Config(name, params, budget, lambda c=cache: c.new_controller(spec.steps)))
     return configs
 
 
@@ -124,13 +122,10 @@ def feb_configs(spec: Spec) -> list[Config]:
         counts = table.counts(spec.steps)
         params = {"level": level, "table": table.timeline(spec.steps), "delta": FEB_DELTA,
                   "table_steps": table.n_ref, **counts}
+        cache = CacheConfig(method="feb", feb_table=table, exposure_delta=FEB_DELTA)
         configs.append(Config("feb", params, counts["full"] + counts["attn"],
-                              lambda t=table: CacheController(FEBMethod(t, FEB_DELTA), FEBSchedule(t))))
+                              lambda c=cache: c.new_controller(spec.steps)))
     return configs
-
-
-def _controller_factory(name: str, schedule: FixedSchedule) -> Callable[[], CacheController]:
-    return lambda: CacheController(make_method(name, order=2), schedule)
 
 
 def calibrate(model, table, spec: Spec, budgets: list[int], progress: Progress, size: tuple[int, int],
@@ -175,11 +170,13 @@ def calibrate_schedules(model, table, spec: Spec, budgets: list[int], progress: 
     configs = []
     for name in spec.adaptive_schedule:
         def controller(tolerance: float, abort_above: int | None = None, name: str = name) -> CacheController:
-            return CacheController(make_method(name, order=2), AdaptiveSchedule(tolerance, WARMUP, ADAPTIVE_MAX_GAP))
+            return CacheConfig(method=name, schedule="adaptive", tolerance=tolerance, warmup=WARMUP,
+                               interval=ADAPTIVE_MAX_GAP).new_controller(spec.steps)
 
         found = calibrate(model, table, spec, budgets, progress, size, f"{name} on the adaptive schedule", controller)
         for budget, t, params in found:
-            params = {"tolerance": t, "max_gap": ADAPTIVE_MAX_GAP, **params, **make_method(name, order=2).describe()}
+            params = {"tolerance": t, "max_gap": ADAPTIVE_MAX_GAP, **params,
+                      **CacheConfig(method=name).new_method(spec.steps).describe()}
             configs.append(Config(f"{name}-adaptive", params, budget, lambda t=t, c=controller: c(t)))
     return configs
 
@@ -198,8 +195,8 @@ def measure_flops(model, table, method_name: str, prompt: int, seed: int, spec: 
         method, steps = AdaptiveOutputCache(1e9, warmup=2), 3
     else:  # a cached call costs the same on any schedule; FEB's skips the blocks as reuse's does
         base = "reuse" if method_name == "feb" else method_name.removesuffix("-adaptive")
-        method = CacheController(make_method(base, order=2), FixedSchedule(warmup=1, interval=1000))
         steps = 2
+        method = CacheConfig(method=base, warmup=1, interval=1000).new_controller(steps)
     run = Sampling(model, [prompt], [seed], steps, spec.cfg, method, table=table, shift=spec.shift, size=size,
                    guidance=guidance)
     while run.i < steps - 1:

@@ -25,14 +25,16 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, calib_prompts, report_prompts
-from freqca_core.controller import CacheController
-from freqca_core.feb import LEVELS, CacheTable, FEBMethod, FEBSchedule, derive_table, save_tables
-from freqca_core.methods import make_method
-from .metrics import psnr, to_unit
-from .runner import conditioning, generate, streams_for
+from freqca_core import CacheConfig, CacheController, ReuseForecaster
+from freqca_core.methods.base import ForecastMethod
+from freqca_core.methods.feb import LEVELS, CacheTable, exposure_scale
 from freqca_core.schedule import FixedSchedule
 from freqca_core.spectral import BandSplitter, TokenLayout
+
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, calib_prompts, report_prompts
+from .feb_tables import derive_table, save_tables
+from .metrics import psnr, to_unit
+from .runner import conditioning, generate, streams_for
 from .testbed.model import WEIGHTS_DIR
 from .testbed.sampling import flux_sigmas, seeded_noise
 
@@ -171,16 +173,27 @@ def generate_with(model, ptable, prompts: Sequence[int], seeds: Sequence[int], s
     return generate(model, prompts, seeds, steps, CFG, method, table=ptable, shift=SHIFT, size=SIZE).images
 
 
+class ExposureScaledReuse(ForecastMethod):
+    """CRF reuse whose cached calls' flow velocity is exposure-scaled by ``delta`` (FEB's scaling alone)."""
+
+    def __init__(self, delta: float) -> None:
+        super().__init__("reuse", ReuseForecaster())
+        self.delta = delta
+
+    def finish_call(self, plan, out: Tensor, x: Tensor | None) -> Tensor:
+        if plan.full or x is None or self.delta == 1.0:
+            return out
+        return exposure_scale(out, x[:, : out.shape[1]], plan.sigma, self.delta, "flow")
+
+
 def reuse_every_other(delta: float) -> CacheController:
     """CRF reused at every other step, the cached steps' velocity exposure-scaled by ``delta``."""
-    method = make_method("reuse")
-    method.delta = delta
-    return CacheController(method, FixedSchedule(warmup=1, interval=2))
+    return CacheController(ExposureScaledReuse(delta), FixedSchedule(warmup=1, interval=2))
 
 
 def feb(table: CacheTable, delta: float = 1.0) -> CacheController:
     """FEB-Cache with ``table``: attention kernels served at ``attn`` steps, block residuals at ``both``."""
-    return CacheController(FEBMethod(table, delta), FEBSchedule(table))
+    return CacheConfig(method="feb", feb_table=table, exposure_delta=delta).new_controller(table.n_ref)
 
 
 def mean_psnr(a: Tensor, ref: Tensor) -> float:

@@ -17,16 +17,12 @@ from typing import Any, Callable
 
 import torch
 
-
-from freqca_core.adaptive import AdaptiveSchedule
+from freqca_core import CacheConfig
 from freqca_lab.baselines import AdaptiveOutputCache
 from freqca_lab.bench import (ADAPTIVE_MAX_GAP, CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP,
-                               calib_prompts, load_testbed_model, report_prompts)
-from freqca_core.controller import CacheController
-from freqca_core.methods import make_method
+                              calib_prompts, load_testbed_model, report_prompts)
 from freqca_lab.metrics import fidelity
 from freqca_lab.runner import generate
-from freqca_core.schedule import FixedSchedule
 
 TOLERANCES = [0.02 * 1.4 ** k for k in range(12)]
 THRESHOLDS = [0.01 * 1.5 ** k for k in range(12)]
@@ -34,13 +30,15 @@ THRESHOLDS = [0.01 * 1.5 ** k for k in range(12)]
 
 def families() -> dict[str, list[tuple[str, Callable[[], Any]]]]:
     """Each family's settings: (label, factory of a fresh cache)."""
-    def ctrl(name: str, schedule) -> Callable[[], CacheController]:
-        return lambda: CacheController(make_method(name, order=2), schedule)
+    def ctrl(config: CacheConfig) -> Callable[[], Any]:
+        return config.new_controller
 
     out: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
     for name in ("freqca", "reuse"):
-        out[f"{name}, fixed"] = [(f"N={n}", ctrl(name, FixedSchedule(WARMUP, n))) for n in range(2, 13)]
-        out[f"{name}, adaptive"] = [(f"tol={t:.3g}", ctrl(name, AdaptiveSchedule(t, WARMUP, ADAPTIVE_MAX_GAP)))
+        out[f"{name}, fixed"] = [(f"N={n}", ctrl(CacheConfig(method=name, warmup=WARMUP, interval=n)))
+                                 for n in range(2, 13)]
+        out[f"{name}, adaptive"] = [(f"tol={t:.3g}", ctrl(CacheConfig(method=name, schedule="adaptive", tolerance=t,
+                                                                      warmup=WARMUP, interval=ADAPTIVE_MAX_GAP)))
                                     for t in TOLERANCES]
     out["adaptive output baseline"] = [(f"thr={t:.3g}", lambda t=t: AdaptiveOutputCache(t, WARMUP))
                                        for t in THRESHOLDS]

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from ..freqca_core import METHODS
-from ..freqca_core.feb import LEVELS as FEB_LEVELS
+from ..freqca_core import METHODS, SCHEDULES, CacheConfig
+from ..freqca_core.methods.feb import LEVELS as FEB_LEVELS
+from ..freqca_core.methods.frdiff import GateSchedule
 from ..freqca_core.validation import check_float
 from .families import FAMILIES, detect_family
-from .hooks import SCHEDULES, FreqCaSettings, apply_freqca
+from .hooks import FreqCaSettings, apply_freqca
 
-DEFAULTS = FreqCaSettings()
+DEFAULTS = CacheConfig()
 SUPPORTED = "; ".join(f.name for f in FAMILIES)
 
 
@@ -45,11 +46,11 @@ class FreqCaAccelerate(io.ComfyNode):
                                        "The low band is reused, the rest forecast."),
                 io.Float.Input("hermite_scale", default=DEFAULTS.hermite_scale, min=0.01, max=2.0, step=0.01,
                                tooltip="Scale of the Hermite forecast (paper: 0.71). Only for method freqca."),
-                io.Float.Input("start_percent", default=DEFAULTS.start, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the steps before which nothing is cached."),
-                io.Float.Input("end_percent", default=DEFAULTS.end, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the steps after which nothing is cached."),
-                io.Boolean.Input("verbose", default=DEFAULTS.verbose,
+                io.Boolean.Input("verbose", default=False,
                                  tooltip="Log the decision of every model call, not only the per-run summary."),
                 io.Combo.Input("schedule", options=list(SCHEDULES), default=DEFAULTS.schedule,
                                optional=True,
@@ -74,7 +75,7 @@ class FreqCaAccelerate(io.ComfyNode):
                                  tooltip="Keep the cached features in CPU memory instead of on the GPU (less "
                                          "VRAM, a copy per cached step). Most useful for feb, which caches "
                                          "every attention layer."),
-                io.String.Input("gates_file", default=DEFAULTS.gates_file, optional=True,
+                io.String.Input("gates_file", default="", optional=True,
                                 tooltip="Method frdiff only: path of a JSON file of per-step gates learned by "
                                         "Auto-FR (python -m freqca_lab.autofr); it replaces the schedule "
                                         "(resampled to the run's steps). Empty: use the schedule."),
@@ -118,12 +119,20 @@ class FreqCaAccelerate(io.ComfyNode):
                 cutoff: float, hermite_scale: float, start_percent: float, end_percent: float,
                 verbose: bool, schedule: str = DEFAULTS.schedule, tolerance: float = DEFAULTS.tolerance,
                 feb_level: str = DEFAULTS.feb_level, exposure_delta: float = DEFAULTS.exposure_delta,
-                offload_cache: bool = DEFAULTS.offload, gates_file: str = DEFAULTS.gates_file,
+                offload_cache: bool = DEFAULTS.offload, gates_file: str = "",
                 taylor_order: int = DEFAULTS.taylor_order) -> io.NodeOutput:
-        settings = FreqCaSettings(method, interval, warmup_steps, final_full_steps, start_percent, end_percent,
-                                  cutoff, hermite_scale, verbose, schedule=schedule, tolerance=tolerance,
-                                  feb_level=feb_level, exposure_delta=exposure_delta, offload=offload_cache,
-                                  gates_file=gates_file, taylor_order=taylor_order,
+        gates = None
+        if gates_file.strip():
+            try:
+                gates = GateSchedule.load(gates_file.strip())
+            except ValueError as exc:
+                raise ValueError(f"gates_file: {exc}") from exc
+        cache = CacheConfig(method, interval, warmup_steps, final_full_steps, schedule=schedule, tolerance=tolerance,
+                            cutoff=cutoff, hermite_scale=hermite_scale, taylor_order=taylor_order,
+                            feb_level=feb_level, exposure_delta=exposure_delta, gates=gates, offload=offload_cache)
+        sampling = model.get_model_object("model_sampling")
+        settings = FreqCaSettings(cache, float(sampling.percent_to_sigma(start_percent)),
+                                  float(sampling.percent_to_sigma(end_percent)), verbose,
                                   node_id=cls.hidden.unique_id if cls.hidden else None)
         family = detect_family(model.get_model_object("diffusion_model"))
         return io.NodeOutput(apply_freqca(model, settings, family))

@@ -29,76 +29,39 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
 
-from ..freqca_core import AdaptiveSchedule, CacheController, CallPlan, FixedSchedule, TokenLayout, make_method
-from ..freqca_core.feb import FEBMethod, FEBSchedule, default_table
-from ..freqca_core.frdiff import GateSchedule
-from ..freqca_core.validation import check_int
+from ..freqca_core import CacheConfig, CacheController, CallPlan, TokenLayout
+from ..freqca_core.methods import REGISTRY
 from .families import BlockKey, DitFamily, call_arguments
 
 log = logging.getLogger("freqca")
 
 SETTINGS_KEY = "freqca_settings"
 RUN_KEY = "freqca_run"
-SCHEDULES = ("fixed", "adaptive")
-FEB_REFERENCE_STEPS = 50  # FEB-Cache table length when a run's step count is unknown
 ATTENTION_KEY = "optimized_attention_override"
 WRAPPER_KEY = "freqca"
 
 
 @dataclass(frozen=True)
 class FreqCaSettings:
-    """What the user chose on the node, validated on construction."""
+    """What the user chose on the nodes: the cache (validated by ``CacheConfig``) and how it attaches.
+    ``start_sigma`` / ``end_sigma``: caching only at steps whose sigma lies between them (ComfyUI's
+    ``percent_to_sigma`` of the node's start/end percent)."""
 
-    method: str = "freqca"
-    interval: int = 6
-    warmup: int = 3
-    final_full: int = 0
-    start: float = 0.0
-    end: float = 1.0
-    cutoff: float = 0.1
-    hermite_scale: float = 0.71
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    start_sigma: float = float("inf")
+    end_sigma: float = 0.0
     verbose: bool = False
-    schedule: str = "fixed"
-    tolerance: float = 0.1
-    feb_level: str = "balanced"
-    exposure_delta: float = 0.965
-    offload: bool = False
-    gates_file: str = ""  # FRDiff: Auto-FR gates (JSON) that replace the schedule; "" = the schedule
-    taylor_order: int = 2
     flow: bool = False  # a flow model (x_t = (1 - s) x0 + s noise, velocity output): FEB's exposure scaling
     node_id: str | None = None
     family: DitFamily | None = field(default=None, compare=False)
     prior_patches: dict = field(default_factory=dict, compare=False)  # block patches that were there before ours
 
-    def __post_init__(self) -> None:
-        check_int("taylor_order", self.taylor_order, 0, 3)
-        self.new_controller()  # raises ValueError naming a bad input
-        make_method("freqca", cutoff=self.cutoff, hermite_scale=self.hermite_scale)  # also when unused
-        FEBMethod(default_table(FEB_REFERENCE_STEPS, self.feb_level), self.exposure_delta)
-
-    def new_controller(self, n_steps: int | None = None) -> CacheController:
-        """A controller for one run of ``n_steps`` steps (None: unknown)."""
-        offload = torch.device("cpu") if self.offload else None
-        if self.method == "feb":  # FEB-Cache: its cache table is the schedule
-            table = default_table(n_steps or FEB_REFERENCE_STEPS, self.feb_level)
-            return CacheController(FEBMethod(table, self.exposure_delta), FEBSchedule(table), offload_device=offload)
-        transform = self.family.transform if self.family is not None else "dct"
-        order = self.taylor_order if self.method == "taylor" else 2
-        method = make_method(self.method, cutoff=self.cutoff, transform=transform, hermite_scale=self.hermite_scale,
-                             order=order)
-        if self.gates_file.strip() and self.method == "frdiff":
-            try:
-                schedule = GateSchedule.load(self.gates_file.strip())
-            except ValueError as exc:
-                raise ValueError(f"gates_file: {exc}") from exc
-        elif self.schedule == "fixed":
-            schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
-        elif self.schedule == "adaptive":
-            schedule = AdaptiveSchedule(self.tolerance, self.warmup, max_gap=self.interval,
-                                        final_full=self.final_full, start=self.start, end=self.end)
-        else:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-        return CacheController(method, schedule, offload_device=offload)
+    def new_controller(self, sample_sigmas: list[float] | None = None) -> CacheController:
+        """A controller for one sampling run over ``sample_sigmas`` (None: unknown), with the sigma window
+        and the family's band split."""
+        n_steps = len(sample_sigmas) - 1 if sample_sigmas is not None and len(sample_sigmas) > 1 else None
+        cache = self.cache.with_sigma_window(self.start_sigma, self.end_sigma, sample_sigmas)
+        return cache.new_controller(n_steps, self.family.transform if self.family is not None else "dct")
 
 
 class RunState:
@@ -106,9 +69,9 @@ class RunState:
 
     def __init__(self, settings: FreqCaSettings, sample_sigmas: torch.Tensor | None) -> None:
         self.settings = settings
-        n_steps = len(sample_sigmas) - 1 if sample_sigmas is not None and len(sample_sigmas) > 1 else None
-        self.controller = settings.new_controller(n_steps)
-        self.controller.start_run(sample_sigmas)
+        sigmas = sample_sigmas.detach().float().cpu().tolist() if sample_sigmas is not None else None
+        self.controller = settings.new_controller(sigmas)
+        self.controller.start_run(sigmas)
         self.layout: TokenLayout | None = None  # image tokens known from the latent of the call in flight
         self.plan: CallPlan | None = None
         self.embedding: torch.Tensor | None = None  # the call's image rows entering the first block
@@ -129,7 +92,7 @@ class RunState:
             known if extra == 0 else TokenLayout.grid(self.n_img))
         streams = options.get("uuids") or options.get("cond_or_uncond") or [0]
         sigma = float(options["sigmas"].flatten()[0])
-        self.embedding = self.image_rows(img) if self.controller.method.residual else None
+        self.embedding = self.image_rows(img)
         self.plan = self.controller.plan(sigma, streams, img.shape[0], layout, embedding=self.embedding)
         self.attention_call = self.controller.attention_override(self.plan) if self.plan.full else None
         if not self.plan.full:
@@ -189,20 +152,6 @@ class RunState:
     def record(self, out: dict) -> None:
         self.controller.record(self.plan, self.image_rows(out["img"]), embedding=self.embedding)
 
-    def schedule_kind(self) -> str:
-        """What decides the full steps: ``fixed``, ``adaptive``, ``table`` (FEB-Cache) or ``gates`` (FRDiff)."""
-        settings = self.settings
-        if settings.method == "feb":
-            return "table"
-        if settings.method == "frdiff" and settings.gates_file.strip():
-            return "gates"
-        return settings.schedule
-
-    def schedule_text(self) -> str:
-        settings = self.settings
-        return {"table": f"table {settings.feb_level}", "gates": "learned gates",
-                "adaptive": f"adaptive, max interval {settings.interval}"}.get(
-                    self.schedule_kind(), f"interval {settings.interval}")
 
     def report(self) -> dict:
         """The run's numbers for the front-end (``freqca.stats``): ``method``, ``schedule`` (fixed,
@@ -210,11 +159,11 @@ class RunState:
         ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full, ``a`` attention reused, ``c``
         cached, ``.`` not called), ``fallbacks``, ``missed`` and ``speedup`` (steps / steps whose blocks ran:
         full and attention-reusing)."""
-        stats, settings = self.controller.stats, self.settings
+        stats, cache = self.controller.stats, self.settings.cache
         steps = stats.n_steps if stats.n_steps is not None else len(stats.steps)
         blocks_run = stats.full_steps + stats.attention_steps
-        return {"method": settings.method, "interval": settings.interval,
-                "schedule": self.schedule_kind(),
+        return {"method": cache.method, "interval": cache.interval,
+                "schedule": self.controller.schedule.kind,
                 "steps": steps, "full": stats.full_steps, "attention": stats.attention_steps,
                 "cached": stats.cached_steps, "cache_mb": round(stats.peak_cache_bytes / 2 ** 20, 2),
                 "seconds": round(time.perf_counter() - self.started, 1), "timeline": stats.timeline(),
@@ -223,7 +172,7 @@ class RunState:
 
     def summary(self) -> str:
         r = self.report()
-        text = (f"FreqCa Accelerate ({r['method']}, {self.schedule_text()}): "
+        text = (f"FreqCa Accelerate ({r['method']}, {self.controller.schedule.label}): "
                 f"{r['full']}/{r['steps']} steps full, {r['cached']} cached, "
                 f"CRF cache {r['cache_mb']:.2f} MB, {r['seconds']:.1f} s [{r['timeline']}]")
         if r["attention"]:
@@ -362,7 +311,7 @@ def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
     options[SETTINGS_KEY] = settings
     prior_attention = options.get(ATTENTION_KEY)
     prior_attention = getattr(prior_attention, "freqca_prior", prior_attention)  # ours, applied again: unwrap
-    if settings.method == "feb":  # attention kernels stored and served through ComfyUI's attention override
+    if REGISTRY[settings.cache.method].attention:  # kernels stored / served through ComfyUI's override
         options[ATTENTION_KEY] = _make_attention_override(prior_attention)
     elif prior_attention is not None:
         options[ATTENTION_KEY] = prior_attention

@@ -163,8 +163,8 @@ def test_cached_call_restores_the_crf_exactly(pack, comfyui, name, method):
     options = fast.model_options["transformer_options"]
     settings = options[SETTINGS_KEY]
 
-    def new_controller(n_steps=None):  # the first model call full, every later one cached (both are step 0)
-        controller = type(settings).new_controller(settings, n_steps)
+    def new_controller(sample_sigmas=None):  # the first model call full, every later one cached (both are step 0)
+        controller = type(settings).new_controller(settings, sample_sigmas)
         calls = itertools.count()
         controller.is_full = lambda step: next(calls) == 0
         return controller
@@ -280,7 +280,7 @@ def test_frdiff_and_feb_skip_what_they_claim(pack, comfyui, caplog, name):
     (early cached steps take it whole, so the run differs from plain reuse). FEB-Cache (balanced table of
     8 steps: F F a b F a b F): blocks skipped at the b steps, attention kernels served from the cache at the
     a steps."""
-    from comfyui_freqca.freqca_core.feb import default_table
+    from comfyui_freqca.freqca_core.methods.feb import default_table
 
     case = METHOD_CASES[name]
     model, conds = case.build(seed=1), case.conditioning()
@@ -320,8 +320,8 @@ def test_feb_embedding_is_the_first_blocks_image_rows(pack, comfyui, name):
     settings = options[SETTINGS_KEY]
     recorded = []
 
-    def new_controller(n_steps=None):
-        controller = type(settings).new_controller(settings, n_steps)
+    def new_controller(sample_sigmas=None):
+        controller = type(settings).new_controller(settings, sample_sigmas)
         record = controller.record
 
         def spy(plan, crf, embedding=None):

@@ -206,7 +206,7 @@ def test_frdiff_and_feb_fidelity_on_the_trained_testbed(pack, testbed, method, m
 def test_frdiff_learned_gates_file(pack, flux, conds, tmp_path):
     """gates_file: the Auto-FR gates replace the schedule (blocks run exactly at the gates' full steps);
     a bad file is refused with an error that names the input."""
-    from comfyui_freqca.freqca_core.frdiff import GateSchedule
+    from comfyui_freqca.freqca_core.methods.frdiff import GateSchedule
 
     gates = GateSchedule.from_steps([3, 4, 9], STEPS)
     path = tmp_path / "gates.json"

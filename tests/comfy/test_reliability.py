@@ -604,7 +604,7 @@ def test_nan_forecast_falls_back_to_full(pack, flux, conds, runs, caplog, monkey
     def nan_predict(self, history, sigma, layout):
         return torch.full_like(history.entries[0].crf, float("nan"))
 
-    monkeypatch.setattr(methods.FreqCaMethod, "predict", nan_predict)
+    monkeypatch.setattr(methods.freqca.FreqCaMethod, "predict", nan_predict)
     with caplog.at_level(logging.WARNING, logger="freqca"):
         out = run(accelerate(flux), conds)
     assert torch.equal(out, reference)
@@ -638,7 +638,7 @@ def test_exception_in_forecast_degrades_to_full(pack, flux, conds, runs, caplog,
     def broken(self, history, sigma, layout):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(methods.FreqCaMethod, "predict", broken)
+    monkeypatch.setattr(methods.freqca.FreqCaMethod, "predict", broken)
     with caplog.at_level(logging.WARNING, logger="freqca"):
         assert torch.equal(run(accelerate(flux), conds), reference)
     assert "injected" in caplog.text

@@ -10,7 +10,7 @@ import torch
 from freqca_lab import bench
 from freqca_lab.baselines import AdaptiveOutputCache, calibrate_threshold
 from freqca_core.controller import CacheController
-from freqca_core.methods import make_method
+from freqca_core import make_method
 from freqca_lab.runner import (flop_counter, flops_per_sample, generate, median_call_seconds, randomize, run_cost,
                                 streams_for)
 from freqca_core.schedule import FixedSchedule
@@ -221,7 +221,7 @@ def test_measured_call_flops_match_a_fully_counted_run(setup):
     spec = bench.Spec(steps=8, seeds=1)
     none = bench.measure_flops(model, table, "none", 0, 11, spec, (16, 16), None)
     assert none[0] > 0 and none[1] == 0.0
-    for name, method in (("freqca", freqca(3)), ("taylor", CacheController(make_method("taylor", order=2),
+    for name, method in (("freqca", freqca(3)), ("taylor", CacheController(make_method("taylor", taylor_order=2),
                                                                            FixedSchedule(3, 3)))):
         per_call = bench.measure_flops(model, table, name, 0, 11, spec, (16, 16), None, full_flops=none[0])
         g = generate(model, [0], [11], 8, 3.0, method, table=table, size=(16, 16), count_flops=True)

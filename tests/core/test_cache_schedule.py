@@ -49,15 +49,15 @@ def test_history_shape_change_clears():
     h = CRFHistory(3)
     h.push(0.9, 0, _t(1, 4, 2))
     h.push(0.8, 1, _t(1, 4, 2))
-    assert h.matches(torch.Size([1, 4, 2]))
+    assert h.matches(1, 4)
     h.push(0.7, 2, _t(1, 5, 2))  # token count changed
     assert h.sigmas == [0.7]
-    assert h.matches(torch.Size([1, 5, 2])) and not h.matches(torch.Size([1, 4, 2]))
+    assert h.matches(1, 5) and not h.matches(1, 4)
     h.push(0.6, 3, _t(2, 5, 2))  # batch changed
     assert h.sigmas == [0.6]
     h.push(0.5, 4, _t(2, 5, 3))  # channels changed
     assert h.sigmas == [0.5]
-    assert not CRFHistory(2).matches(torch.Size([2, 5, 3]))
+    assert not CRFHistory(2).matches(2, 5)
 
 
 def test_history_stores_a_copy():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from freqca_core import (BandSplitter, CacheController, CacheMethod, FixedSchedule, TaylorForecaster,
+from freqca_core import (BandSplitter, CacheController, CacheMethod, FreqCaMethod, FixedSchedule, TaylorForecaster,
                          TokenLayout, make_method)
 from freqca_core.forecast import HermiteForecaster
 
@@ -117,7 +117,7 @@ def test_cached_crf_equals_the_methods_forecast(name):
 
 
 def test_taylor_reproduces_a_quadratic_trajectory_exactly():
-    ctrl = controller("taylor", 3, 6, order=2)
+    ctrl = controller("taylor", 3, 6, taylor_order=2)
     traj = quadratic(2, 5)
     plans = drive(ctrl, flux_sigmas(50), traj)
     cached = [(p, x) for p, x in plans if not p.full]
@@ -128,7 +128,7 @@ def test_taylor_reproduces_a_quadratic_trajectory_exactly():
 
 def test_taylor_order_1_is_not_exact_on_the_quadratic():
     """The exactness test above can fail: a lower order misses the curvature."""
-    ctrl = controller("taylor", 3, 6, order=1)
+    ctrl = controller("taylor", 3, 6, taylor_order=1)
     plans = drive(ctrl, flux_sigmas(50), quadratic(1, 5))
     errs = [float((p.crf - x).abs().max()) for p, x in plans if not p.full]
     assert max(errs) > 1e-3
@@ -278,7 +278,7 @@ def test_token_count_change_falls_back_then_resumes():
     assert modes[5][0] and modes[5][1]  # fallback with a reason
     assert modes[6] == (False, "")  # resumes caching from the new-size CRF
     assert ctrl.stats.fallbacks == 1 and ctrl.stats.steps[5] == "full"
-    assert ctrl.cache.history(0).matches(torch.Size([1, big.length, D]))
+    assert ctrl.cache.history(0).matches(1, big.length)
 
 
 def test_batch_size_change_falls_back_then_resumes():
@@ -390,7 +390,9 @@ def test_end_run_releases_tensors():
 @pytest.mark.parametrize("name,order,expected_history", [("taylor", 2, 3), ("taylor", 1, 2), ("reuse", 2, 1),
                                                          ("freqca", 2, 3), ("freqca", 1, 2)])
 def test_peak_cache_bytes(name, order, expected_history):
-    ctrl = controller(name, 3, 6, order=order)
+    method = (FreqCaMethod(BandSplitter(0.1), HermiteForecaster(0.71, order)) if name == "freqca"
+              else make_method(name, taylor_order=order))
+    ctrl = controller(method, 3, 6)
     assert ctrl.method.history_size == expected_history
     rows, layout = 2, TokenLayout.of((3, 4), 2)
     one_crf = rows * layout.length * D * 4  # float32

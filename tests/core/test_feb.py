@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from freqca_core.feb import (ATTN, BOTH, FULL, LEVELS, AttentionCache, CacheTable, default_table, derive_table,
-                             exposure_scale, load_tables, pick_table, save_tables)
+from freqca_core.methods.feb import ATTN, BOTH, FULL, LEVELS, AttentionCache, CacheTable, default_table, exposure_scale
+from freqca_lab.feb_tables import derive_table, load_tables, pick_table, save_tables
 from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig, attention
 
 torch.set_num_threads(1)
@@ -260,7 +260,7 @@ def test_tinyflux_stored_attention_reproduces_full_call():
 
 def feb_controller(letters: str, delta: float = 1.0):
     from freqca_core.controller import CacheController
-    from freqca_core.feb import FEBMethod, FEBSchedule
+    from freqca_core.methods.feb import FEBMethod, FEBSchedule
 
     table = CacheTable.parse(letters, last_full=False)
     return CacheController(FEBMethod(table, delta), FEBSchedule(table))
@@ -331,7 +331,7 @@ def test_feb_attention_steps_serve_the_stored_kernels():
     assert len(kernel_calls) == 2 * 3  # computed at the two full steps only
     assert ctrl.stats.timeline() == "FaaFa" and ctrl.stats.attention_steps == 3
     stats = ctrl.end_run()
-    assert stats.attention_served == 9 and stats.attention_computed == 0 and len(ctrl.attention) == 0
+    assert stats.attention_served == 9 and stats.attention_computed == 0 and len(ctrl.method.attention) == 0
 
 
 def test_feb_exposure_scaling_only_at_reusing_calls():
@@ -352,8 +352,11 @@ def test_feb_exposure_scaling_only_at_reusing_calls():
     assert plain.finish_call(plans[1], out, x) is out
 
 
-def test_make_method_explains_how_feb_is_built():
-    from freqca_core.methods import make_method
+def test_registry_builds_feb_with_the_levels_table_as_its_schedule():
+    from freqca_core import CacheConfig
+    from freqca_core.methods.feb import FEBMethod, FEBSchedule
 
-    with pytest.raises(ValueError, match="FEBMethod"):
-        make_method("feb")
+    controller = CacheConfig(method="feb", feb_level="fast", exposure_delta=0.98).new_controller(20)
+    assert isinstance(controller.method, FEBMethod) and isinstance(controller.schedule, FEBSchedule)
+    assert controller.method.table.timeline() == default_table(20, "fast").timeline()
+    assert controller.method.delta == 0.98 and controller.schedule.table is controller.method.table

@@ -11,7 +11,7 @@ import torch
 
 from freqca_core import HermiteForecaster, ReuseForecaster, TaylorForecaster
 from freqca_core.cache import CRFHistory
-from freqca_core.methods import make_method
+from freqca_core import make_method
 from freqca_core.spectral import BandSplitter, TokenLayout
 
 INV_SQRT2 = 1 / math.sqrt(2)
@@ -215,7 +215,7 @@ def test_forecasters_are_linear_in_data_through_a_method():
     tensors = [torch.randn(2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     for i, (s, t) in enumerate(zip(sig, tensors)):
         hist.push(s, i, t)
-    method = make_method("taylor", order=2)
+    method = make_method("taylor", taylor_order=2)
     out = method.predict(hist, 0.3, TokenLayout.of(4))
     w = TaylorForecaster(2).weights(hist.sigmas, 0.3, 0.0)
     expected = sum(wj * tensors[2 - j] for j, wj in enumerate(w))
@@ -238,7 +238,7 @@ def test_forecasters_are_linear_in_data_through_a_method():
     (lambda: make_method("freqca", cutoff=1.2), "cutoff"),
     (lambda: make_method("freqca", transform="haar"), "transform"),
     (lambda: make_method("freqca", hermite_scale=0), "hermite_scale"),
-    (lambda: make_method("taylor", order=7), "order"),
+    (lambda: make_method("taylor", taylor_order=7), "order"),
 ])
 def test_invalid_parameters_name_the_parameter(factory, name):
     with pytest.raises(ValueError, match=name):

@@ -8,7 +8,7 @@ import torch
 
 from freqca_core import METHODS, CacheController, CRFHistory, TokenLayout, make_method
 from freqca_lab.autofr import DEFAULT_GATES, evenly_spaced, gated_sample, learn_gates, target_count
-from freqca_core.frdiff import FRDiffMethod, GateSchedule, score_mix_weight
+from freqca_core.methods.frdiff import FRDiffMethod, GateSchedule, score_mix_weight
 from freqca_lab.runner import conditioning, generate, randomize
 from freqca_core.schedule import StepLocator
 from freqca_lab.testbed.data import PROMPTS, PromptTable
@@ -30,14 +30,14 @@ def test_score_mix_weight_known_points_and_clipping(r, expected):
 
 def test_output_weight_follows_the_remaining_noise_fraction():
     method = FRDiffMethod()
-    assert method.mixes_output and method.name == "frdiff" and method.history_size == 1
+    assert method.score_mixing and method.name == "frdiff" and method.history_size == 1
     assert method.output_weight(0, 28) == 1.0            # r = 1: reduced NFE
     assert method.output_weight(14, 28) == pytest.approx(0.5)
     assert method.output_weight(15, 28) == pytest.approx((30 * (13 / 28 - 0.5) + 2) / 4)
     assert method.output_weight(27, 28) == 0.0           # late: feature reuse
     assert method.output_weight(3, None) == 0.0         # unknown length: no mixing
     off = FRDiffMethod(score_mixing=False)
-    assert not off.mixes_output and off.output_weight(0, 28) == 0.0
+    assert not off.score_mixing and off.output_weight(0, 28) == 0.0
     assert method.describe()["score_mixing"] is True and off.describe()["score_mixing"] is False
 
 
@@ -90,9 +90,9 @@ def test_controller_mixes_cached_outputs_with_the_last_full_output_per_stream():
         assert ctrl.method.output_weight(step, n) == pytest.approx(w)
         # per stream: uncond rows (0, 1) mix with the full call's uncond rows, cond rows with cond rows
         torch.testing.assert_close(out, w * last_full + (1 - w) * raw)
-    assert set(ctrl.outputs) == {"uncond", "cond"}
+    assert set(ctrl.method.outputs) == {"uncond", "cond"}
     ctrl.end_run()
-    assert not ctrl.outputs
+    assert not ctrl.method.outputs
 
 
 def test_controller_without_run_length_does_not_mix():

@@ -12,7 +12,7 @@ How this package implements it (our interpretation, on the CRF interface of ``me
   (the paper's ``t / T``: r ≈ 1 at the first, noisiest steps). Early on, reduced NFE keeps the
   low-frequency structure; late, feature reuse keeps the high-frequency detail. λ is 1 for
   ``r >= 0.5 + 2/30`` and 0 for ``r <= 0.5 - 2/30``: the switch happens around the middle of the run.
-  The ``CacheController`` does the mixing (``finish_call``) with ``FRDiffMethod.output_weight``; when the
+  ``FRDiffMethod.finish_call`` does the mixing with the last full call's output kept per stream; when the
   run's length is unknown the weight is 0 (plain feature reuse).
 - **Auto-FR**: which steps run full comes from per-step gates (``GateSchedule``) learned on the testbed
   against the uncached sampler (``python -m freqca_lab.autofr``, which writes a 28-step set for the testbed);
@@ -21,14 +21,16 @@ How this package implements it (our interpretation, on the CRF interface of ``me
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .forecast import ReuseForecaster
-from .methods import ForecastMethod
-from .schedule import StepSchedule
+import torch
+
+from ..forecast import ReuseForecaster
+from ..schedule import StepSchedule, resampled_index
+from .base import ForecastMethod, MethodSpec
+
 
 def score_mix_weight(r: float) -> float:
     """λ(r) = clip((30·(r − 0.5) + 2) / 4, 0, 1): weight of the reduced-NFE output at remaining noise ``r``."""
@@ -49,7 +51,30 @@ class FRDiffMethod(ForecastMethod):
     def __init__(self, score_mixing: bool = True) -> None:
         super().__init__("frdiff", ReuseForecaster())
         self.score_mixing = bool(score_mixing)
-        self.mixes_output = self.score_mixing
+        self.outputs: dict = {}  # stream -> the last full call's output chunk
+
+    def start_run(self, offload_device: torch.device | None) -> None:
+        self.outputs = {}
+
+    def end_run(self) -> dict[str, int]:
+        self.outputs = {}
+        return {}
+
+    def finish_call(self, plan, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """A full call's output is kept per stream; a cached call's becomes ``w * kept + (1 - w) * out``
+        with ``w = output_weight(step, n_steps)``."""
+        if plan.step is None or not self.score_mixing:
+            return out
+        chunks = out.chunk(len(plan.streams), dim=0)
+        if plan.full:
+            for key, chunk in zip(plan.streams, chunks):
+                self.outputs[key] = chunk.detach().clone()
+            return out
+        weight = self.output_weight(plan.step, plan.n_steps)
+        kept = [self.outputs.get(key) for key in plan.streams]
+        if weight == 0.0 or any(k is None or k.shape != c.shape for k, c in zip(kept, chunks)):
+            return out
+        return torch.cat([torch.lerp(c, k.to(c), weight) for k, c in zip(kept, chunks)], dim=0)
 
     def output_weight(self, step: int, n_steps: int | None) -> float:
         if not self.score_mixing or not n_steps:
@@ -73,6 +98,11 @@ class GateSchedule(StepSchedule):
 
     gates: tuple[bool, ...]
     meta: dict = field(default_factory=dict, compare=False)
+    kind = "gates"
+
+    @property
+    def label(self) -> str:
+        return "learned gates"
 
     def __post_init__(self) -> None:
         gates = tuple(bool(g) for g in self.gates)
@@ -86,9 +116,9 @@ class GateSchedule(StepSchedule):
 
     def gate_index(self, step: int, n_steps: int | None) -> int | None:
         """The learned gate that decides ``step`` (None: past the learned steps with unknown length)."""
-        if n_steps is None or n_steps == self.steps:
+        if n_steps is None:
             return step if step < self.steps else None
-        return min(self.steps - 1, math.floor((step + 0.5) * self.steps / n_steps))
+        return resampled_index(step, n_steps, self.steps)
 
     def is_full(self, step: int, n_steps: int | None) -> bool:
         """Whether sampler step ``step`` (0-based) of ``n_steps`` (None: unknown length) runs all blocks."""
@@ -96,7 +126,6 @@ class GateSchedule(StepSchedule):
             return True
         index = self.gate_index(step, n_steps)
         return index is None or self.gates[index]
-
 
     # ------------------------------------------------------------------------------------- files
     def to_json(self) -> dict:
@@ -136,3 +165,10 @@ class GateSchedule(StepSchedule):
         """Gates for ``n_steps`` steps with exactly the steps in ``full`` (and step 0) full."""
         chosen = set(full) | {0}
         return cls(tuple(i in chosen for i in range(n_steps)), meta or {})
+
+
+def build(config, n_steps: int | None, transform: str):
+    return FRDiffMethod(), config.gates if config.gates is not None else config.step_schedule()
+
+
+SPEC = MethodSpec("frdiff", "reuse + FRDiff's score mixing with the last full output", build, ("gates",))

@@ -6,8 +6,8 @@ exposure-bias reduction at cached steps. Pure torch; never imports ComfyUI.
   step: projections and MLPs still run) or ``"both"`` (attention and MLP outputs of every block reused =
   blocks skipped; since every block is residual this is ``crf_last + (embedding_now - embedding_last)``).
   A table is written for a reference step count and resampled by step fraction for other counts.
-- ``derive_table``: the frequency-guided table from calibration measurements (``febprobe``);
-  ``default_table``: a fixed pattern for models without measurements.
+- ``default_table``: a fixed pattern for models without measurements (tables derived from measurements:
+  ``freqca_lab.feb_tables``).
 - ``exposure_scale``: rescale a cached step's prediction (epsilon or flow velocity) by ``1 / delta`` on
   its noise component.
 - ``AttentionCache``: attention kernel outputs by (stream, call index), stored at full steps and served at
@@ -23,10 +23,10 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import torch
 
-from .forecast import ReuseForecaster
-from .methods import ForecastMethod
-from .schedule import StepSchedule
-from .validation import check_choice, check_float, check_int
+from ..forecast import ReuseForecaster
+from ..schedule import StepSchedule, resampled_index
+from ..validation import check_choice, check_float, check_int
+from .base import ForecastMethod, MethodSpec
 
 FULL, ATTN, BOTH = "full", "attn", "both"
 ACTIONS = (FULL, ATTN, BOTH)
@@ -34,7 +34,6 @@ LETTERS = {FULL: "F", ATTN: "a", BOTH: "b"}
 PREDICTIONS = ("eps", "flow")
 LEVELS = ("quality", "balanced", "fast")
 TABLE_FORMAT = "freqca-feb-table"
-TABLES_FORMAT = "freqca-feb-tables"
 
 
 # --------------------------------------------------------------------------------------------- cache table
@@ -85,8 +84,7 @@ class CacheTable:
         step = check_int("step", step, 0, n - 1)
         if step == 0 or (self.last_full and step == n - 1):
             return FULL
-        index = min(self.n_ref - 1, (2 * step + 1) * self.n_ref // (2 * n))
-        return self.actions[index]
+        return self.actions[resampled_index(step, n, self.n_ref)]
 
     def resolve(self, n_steps: int | None = None) -> list[str]:
         """All actions of a run with ``n_steps`` steps."""
@@ -130,10 +128,10 @@ class CacheTable:
     @classmethod
     def load(cls, path: str | Path) -> "CacheTable":
         """A table written by ``save`` (clear errors for a missing file, bad JSON or bad contents)."""
-        return cls.from_dict(_read_json(path), f"cache table {path}")
+        return cls.from_dict(read_json(path), f"cache table {path}")
 
 
-def _read_json(path: str | Path) -> Any:
+def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"cache table file not found: {path}")
@@ -141,133 +139,6 @@ def _read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"cache table file {path} is not valid JSON: {exc}") from None
-
-
-def save_tables(path: str | Path, tables: Mapping[str, Sequence[CacheTable]], meta: dict | None = None) -> None:
-    """Write several tables: ``{level: [table for each reference step count]}`` plus ``meta``."""
-    data = {"format": TABLES_FORMAT, "version": 1, "meta": meta or {},
-            "tables": {level: {str(t.n_ref): t.to_dict() for t in ts} for level, ts in tables.items()}}
-    Path(path).write_text(json.dumps(data, indent=1) + "\n")
-
-
-def load_tables(path: str | Path) -> tuple[dict[str, dict[int, CacheTable]], dict]:
-    """Read ``save_tables`` output -> ``({level: {n_ref: table}}, meta)``."""
-    data = _read_json(path)
-    if not isinstance(data, Mapping) or data.get("format") != TABLES_FORMAT:
-        raise ValueError(f"{path}: not a FEB table set (expected format {TABLES_FORMAT!r})")
-    tables = data.get("tables")
-    if not isinstance(tables, Mapping) or not tables:
-        raise ValueError(f"{path}: 'tables' must be a non-empty object {{level: {{steps: table}}}}")
-    out: dict[str, dict[int, CacheTable]] = {}
-    for level, by_steps in tables.items():
-        if not isinstance(by_steps, Mapping) or not by_steps:
-            raise ValueError(f"{path}: tables[{level!r}] must be a non-empty object {{steps: table}}")
-        out[level] = {}
-        for key, entry in by_steps.items():
-            table = CacheTable.from_dict(entry, f"{path}: tables[{level!r}][{key!r}]")
-            out[level][table.n_ref] = table
-    return out, dict(data.get("meta") or {})
-
-
-def pick_table(tables: Mapping[str, Mapping[int, CacheTable]], level: str, n_steps: int) -> CacheTable:
-    """The table of ``level`` whose reference step count is nearest to ``n_steps`` (ties: the larger)."""
-    check_choice("level", level, tuple(tables))
-    n_steps = check_int("n_steps", n_steps, 1)
-    by_steps = tables[level]
-    return by_steps[min(by_steps, key=lambda n: (abs(n - n_steps), -n))]
-
-
-# ------------------------------------------------------------------------------------------ table rules
-
-@dataclass(frozen=True)
-class Level:
-    """Thresholds of one speed level for ``derive_table`` (relative feature change accumulated since the
-    component was last computed), the longest run of steps without a full step, and the full warm-up."""
-
-    attn_threshold: float
-    mlp_threshold: float
-    max_run: int
-    warmup: float  # fraction of the steps that run full at the start (at least step 0)
-
-
-# Set on the testbed (febprobe, 28 steps): per-step relative change ~0.06-0.3 (mean ~0.11 attention kernels,
-# ~0.09 MLP outputs), so quality / balanced / fast recompute about every 1-2 / 2-3 / 3-5 steps mid-run.
-# Thresholds and max_run grow with the level and the warm-up shrinks, so tables only get cheaper.
-LEVEL_PRESETS: dict[str, Level] = {
-    "quality": Level(attn_threshold=0.12, mlp_threshold=0.12, max_run=3, warmup=0.08),
-    "balanced": Level(attn_threshold=0.22, mlp_threshold=0.22, max_run=4, warmup=0.06),
-    "fast": Level(attn_threshold=0.40, mlp_threshold=0.40, max_run=6, warmup=0.04),
-}
-
-
-def level_preset(level: str | Level) -> Level:
-    if isinstance(level, Level):
-        return level
-    return LEVEL_PRESETS[check_choice("level", level, LEVELS)]
-
-
-def _changes(name: str, values: Sequence[float] | torch.Tensor) -> list[float]:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().double().flatten().cpu().tolist()
-    out = []
-    for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            v = 0.0  # step 0 has no previous step
-        out.append(check_float(f"{name}[{i}]", v, 0.0, 1e6))
-    return out
-
-
-def derive_table(attn_change: Sequence[float] | torch.Tensor, mlp_change: Sequence[float] | torch.Tensor, *,
-                 level: str | Level = "balanced", last_full: bool = True, meta: dict | None = None) -> CacheTable:
-    """The frequency-guided cache table from per-step calibration measurements.
-
-    ``attn_change[i]`` / ``mlp_change[i]``: relative change ``||F_i - F_{i-1}|| / ||F_{i-1}||`` of the
-    attention-kernel / MLP outputs between steps ``i - 1`` and ``i`` (averaged over blocks and samples;
-    index 0 ignored). ``febprobe`` measures it per DCT band over the image-token grid and combines the bands
-    as ``sqrt(e_low * c_low^2 + (1 - e_low) * c_high^2)`` (``e_low``: the band's energy share), which is
-    exactly the whole feature's relative change: a component is judged by the band where its energy is.
-    Attention outputs are low-frequency dominated and drift slowly, so they cross their threshold less
-    often than MLP outputs (high-frequency, fast) and are reused for longer.
-
-    Rule (greedy, deterministic; ``Level`` of ``level`` gives the thresholds):
-      * steps ``< max(1, round(warmup * n))`` are full, and the last step when ``last_full``;
-      * otherwise accumulate ``A += attn_change[i]``, ``M += mlp_change[i]`` (drift since each component was
-        last computed); if ``A > attn_threshold`` or the step would make ``max_run`` non-full steps in a row:
-        ``"full"`` and ``A = M = 0``; elif ``M > mlp_threshold``: ``"attn"`` (MLP recomputed, ``M = 0``;
-        attention stays stale); else ``"both"``.
-    A higher level only raises the thresholds, ``max_run`` and lowers the warm-up, so for the same inputs
-    it never has more full steps (greedy segmentation is monotone in its threshold).
-    """
-    lv = level_preset(level)
-    a, m = _changes("attn_change", attn_change), _changes("mlp_change", mlp_change)
-    if len(a) != len(m):
-        raise ValueError(f"attn_change has {len(a)} steps but mlp_change has {len(m)}")
-    n = check_int("number of steps", len(a), 1, 100_000)
-    warm = max(1, round(lv.warmup * n))
-    actions, acc_a, acc_m, run = [], 0.0, 0.0, 0
-    for i in range(n):
-        if i < warm or (last_full and i == n - 1):
-            actions.append(FULL)
-            acc_a = acc_m = 0.0
-            run = 0
-            continue
-        acc_a += a[i]
-        acc_m += m[i]
-        if acc_a > lv.attn_threshold or run + 1 > lv.max_run:
-            actions.append(FULL)
-            acc_a = acc_m = 0.0
-            run = 0
-        else:
-            run += 1
-            if acc_m > lv.mlp_threshold:
-                actions.append(ATTN)
-                acc_m = 0.0
-            else:
-                actions.append(BOTH)
-    info = {"rule": "derive_table", "level": level if isinstance(level, str) else "custom",
-            "thresholds": {"attn": lv.attn_threshold, "mlp": lv.mlp_threshold, "max_run": lv.max_run,
-                           "warmup": lv.warmup}}
-    return CacheTable(actions, last_full, {**info, **(meta or {})})
 
 
 DEFAULT_PATTERNS = {"quality": "Fa", "balanced": "Fab", "fast": "Fabb"}
@@ -412,8 +283,14 @@ class AttentionCall:
 class FEBSchedule(StepSchedule):
     """The table as a schedule: the blocks run at ``full`` and ``attn`` steps, not at ``both`` steps."""
 
+    kind = "table"
+
     def __init__(self, table: CacheTable) -> None:
         self.table = table
+
+    @property
+    def label(self) -> str:
+        return f"table {self.table.meta.get('level', 'custom')}"
 
     def is_full(self, step: int, n_steps: int | None) -> bool:
         if n_steps is None and step >= self.table.n_ref:
@@ -421,21 +298,38 @@ class FEBSchedule(StepSchedule):
         return self.table.action(step, n_steps) != BOTH
 
 
-
 class FEBMethod(ForecastMethod):
     """FEB-Cache on the controller. ``both`` steps: the blocks are skipped and their residuals reused, i.e.
     the stored residual ``crf - embedding`` of the last step whose blocks ran plus the current embedding
-    (``residual``). ``attn`` steps: the blocks run with their attention kernels served from the last full
-    step (``attention_mode``). Cached outputs are exposure-scaled by ``delta`` (``exposure_scale``)."""
-
-    residual = True
+    (``encode`` / ``decode``). ``attn`` steps: the blocks run with their attention kernels served from the
+    last full step (``full_call_mode``, ``attention_override``). The outputs of calls that reuse features
+    are exposure-scaled by ``delta`` (``exposure_scale``; flow prediction, when the model input is known)."""
 
     def __init__(self, table: CacheTable, delta: float = 1.0) -> None:
         super().__init__("feb", ReuseForecaster())
         self.table = table
         self.delta = check_float("exposure_delta", delta, 0.0, 10.0, low_open=True)
+        self.attention = AttentionCache()
 
-    def attention_mode(self, step: int, n_steps: int | None) -> str | None:
+    def start_run(self, offload_device: torch.device | None) -> None:
+        self.attention = AttentionCache(offload_device)
+
+    def end_run(self) -> dict[str, int]:
+        counts = {"attention_served": self.attention.hits, "attention_computed": self.attention.misses}
+        self.attention.clear()
+        return counts
+
+    def encode(self, crf: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
+        if embedding is None or embedding.shape != crf.shape:
+            return None
+        return crf - embedding.to(crf)
+
+    def decode(self, forecast: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
+        if embedding is None or embedding.shape != forecast.shape:
+            return None
+        return forecast + embedding.to(forecast)
+
+    def full_call_mode(self, step: int, n_steps: int | None) -> str | None:
         """``"store"`` at full steps, ``"serve"`` at attention-reuse steps (blocks run at both)."""
         if ATTN not in self.table.actions:
             return None  # no step would use stored attention: store none
@@ -443,6 +337,35 @@ class FEBMethod(ForecastMethod):
             return "store"
         return {FULL: "store", ATTN: "serve"}.get(self.table.action(step, n_steps))
 
+    def attention_override(self, plan) -> AttentionCall | None:
+        if plan.attention is None:
+            return None
+        return self.attention.override(plan.streams, serve=plan.attention == "serve" and len(self.attention) > 0)
+
+    def finish_call(self, plan, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        reused = not plan.full or plan.attention == "serve"
+        if not reused or self.delta == 1.0 or x is None or plan.step is None:
+            return out
+        return exposure_scale(out, x[:, : out.shape[1]], plan.sigma, self.delta, "flow")
+
+    @property
+    def extra_bytes(self) -> int:
+        return self.attention.nbytes
+
     def describe(self) -> dict:
         return {"table": self.table.timeline(), "delta": self.delta, **{k: v for k, v in self.table.meta.items()
                                                                         if k in ("level", "rule")}}
+
+
+FEB_REFERENCE_STEPS = 50  # table length when a run's step count is unknown
+
+
+def build(config, n_steps: int | None, transform: str):
+    """FEB-Cache's cache table (``config.feb_level``) is also its schedule."""
+    table = config.feb_table if config.feb_table is not None else default_table(n_steps or FEB_REFERENCE_STEPS,
+                                                                                config.feb_level)
+    return FEBMethod(table, config.exposure_delta), FEBSchedule(table)
+
+
+SPEC = MethodSpec("feb", "FEB-Cache: attention / block reuse from a cache table, exposure-bias scaling", build,
+                  ("feb_level", "exposure_delta"), attention=True)
