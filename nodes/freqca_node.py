@@ -7,6 +7,7 @@ from ..freqca_core import METHODS
 from ..freqca_core.feb import LEVELS as FEB_LEVELS
 from ..freqca_core.validation import check_float
 from .families import FAMILIES, detect_family
+from .files import NO_FILE, gates_file_options, load_gates
 from .hooks import SCHEDULES, FreqCaSettings, apply_freqca
 
 DEFAULTS = FreqCaSettings()
@@ -74,10 +75,10 @@ class FreqCaAccelerate(io.ComfyNode):
                                  tooltip="Keep the cached features in CPU memory instead of on the GPU (less "
                                          "VRAM, a copy per cached step). Most useful for feb, which caches "
                                          "every attention layer."),
-                io.String.Input("gates_file", default=DEFAULTS.gates_file, optional=True,
-                                tooltip="Method frdiff only: path of a JSON file of per-step gates learned by "
-                                        "Auto-FR (python -m freqca_lab.autofr); it replaces the schedule "
-                                        "(resampled to the run's steps). Empty: use the schedule."),
+                io.Combo.Input("gates_file", options=gates_file_options(), default=NO_FILE, optional=True,
+                               tooltip="Method frdiff only: per-step gates learned by Auto-FR (python -m "
+                                       "freqca_lab.autofr), a JSON file in ComfyUI's models/freqca folder; they "
+                                       "replace the schedule (resampled to the run's steps). none: the schedule."),
                 io.Int.Input("taylor_order", default=DEFAULTS.taylor_order, min=0, max=3, optional=True,
                              tooltip="Method taylor only: order of the forecast (0 = reuse, 1 = linear, 2 = "
                                      "quadratic). Lower orders extrapolate more safely over long intervals."),
@@ -92,7 +93,7 @@ class FreqCaAccelerate(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, method: str | None = None, start_percent: float | None = None,
                         end_percent: float | None = None, schedule: str | None = None,
-                        feb_level: str | None = None) -> bool | str:
+                        feb_level: str | None = None, gates_file: str | None = None) -> bool | str:
         # Only the inputs named here: ComfyUI skips its own min/max checks for them, and for every input if
         # this took **kwargs (it would also repeat our message once per input). ComfyUI 0.3.64 does not check
         # V3 combo values at all, so ``method`` is checked here. A linked input is None here (its value is not
@@ -102,6 +103,11 @@ class FreqCaAccelerate(io.ComfyNode):
         for name, value, allowed in (("schedule", schedule, SCHEDULES), ("feb_level", feb_level, FEB_LEVELS)):
             if value is not None and value not in allowed:
                 return f"{name} must be one of {', '.join(allowed)}; got {value!r}"
+        if gates_file is not None:  # a bad file is refused whatever the method; also ComfyUI's list check
+            try:
+                load_gates(gates_file)
+            except ValueError as exc:
+                return str(exc)
         if start_percent is None or end_percent is None:
             return True
         for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):

@@ -34,6 +34,7 @@ from ..freqca_core.feb import FEBMethod, FEBSchedule, default_table
 from ..freqca_core.frdiff import GateSchedule
 from ..freqca_core.validation import check_int
 from .families import BlockKey, DitFamily, call_arguments
+from .files import load_gates
 
 log = logging.getLogger("freqca")
 
@@ -63,15 +64,17 @@ class FreqCaSettings:
     feb_level: str = "balanced"
     exposure_delta: float = 0.965
     offload: bool = False
-    gates_file: str = ""  # FRDiff: Auto-FR gates (JSON) that replace the schedule; "" = the schedule
+    gates_file: str = ""  # FRDiff: Auto-FR gates, a file of the freqca model folder; "" or "none": the schedule
     taylor_order: int = 2
     flow: bool = False  # a flow model (x_t = (1 - s) x0 + s noise, velocity output): FEB's exposure scaling
     node_id: str | None = None
     family: DitFamily | None = field(default=None, compare=False)
     prior_patches: dict = field(default_factory=dict, compare=False)  # block patches that were there before ours
+    gates: GateSchedule | None = field(default=None, init=False, compare=False)  # read from gates_file
 
     def __post_init__(self) -> None:
         check_int("taylor_order", self.taylor_order, 0, 3)
+        object.__setattr__(self, "gates", load_gates(self.gates_file))  # checked whatever the method
         self.new_controller()  # raises ValueError naming a bad input
         make_method("freqca", cutoff=self.cutoff, hermite_scale=self.hermite_scale)  # also when unused
         FEBMethod(default_table(FEB_REFERENCE_STEPS, self.feb_level), self.exposure_delta)
@@ -86,11 +89,8 @@ class FreqCaSettings:
         order = self.taylor_order if self.method == "taylor" else 2
         method = make_method(self.method, cutoff=self.cutoff, transform=transform, hermite_scale=self.hermite_scale,
                              order=order)
-        if self.gates_file.strip() and self.method == "frdiff":
-            try:
-                schedule = GateSchedule.load(self.gates_file.strip())
-            except ValueError as exc:
-                raise ValueError(f"gates_file: {exc}") from exc
+        if self.gates is not None and self.method == "frdiff":
+            schedule = self.gates
         elif self.schedule == "fixed":
             schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
         elif self.schedule == "adaptive":
@@ -194,7 +194,7 @@ class RunState:
         settings = self.settings
         if settings.method == "feb":
             return "table"
-        if settings.method == "frdiff" and settings.gates_file.strip():
+        if settings.method == "frdiff" and settings.gates is not None:
             return "gates"
         return settings.schedule
 

@@ -203,22 +203,28 @@ def test_frdiff_and_feb_fidelity_on_the_trained_testbed(pack, testbed, method, m
         assert not torch.equal(unscaled, fast) and psnr(unscaled, reference) > min_psnr
 
 
-def test_frdiff_learned_gates_file(pack, flux, conds, tmp_path):
-    """gates_file: the Auto-FR gates replace the schedule (blocks run exactly at the gates' full steps);
-    a bad file is refused with an error that names the input."""
+def test_frdiff_learned_gates_file(pack, flux, conds, freqca_dirs):
+    """gates_file: the Auto-FR gates, a file of the freqca model folder, replace the schedule (blocks run
+    exactly at the gates' full steps); a bad file is refused with an error that names the input, whatever
+    the method; "" (the value of workflows saved before the list) and "none" mean no file."""
     from comfyui_freqca.freqca_core.frdiff import GateSchedule
 
     gates = GateSchedule.from_steps([3, 4, 9], STEPS)
-    path = tmp_path / "gates.json"
-    gates.save(path)
-    fast = accelerate(pack, flux, method="frdiff", gates_file=str(path))
+    gates.save(freqca_dirs.models / "gates.json")
+    fast = accelerate(pack, flux, method="frdiff", gates_file="gates.json")
     with count_block_calls(flux) as calls:
         sample(fast, *conds, steps=STEPS)
     assert calls.total == len(gates.full_steps(STEPS)) * N_BLOCKS == 4 * N_BLOCKS
-    (tmp_path / "bad.json").write_text('{"steps": 2, "gates": [1]}')
-    for bad in (tmp_path / "missing.json", tmp_path / "bad.json"):
-        with pytest.raises(ValueError, match="gates_file"):
-            accelerate(pack, flux, method="frdiff", gates_file=str(bad))
+    for empty in ("", "none"):
+        plain = accelerate(pack, flux, method="frdiff", interval=4, warmup_steps=2, gates_file=empty)
+        with count_block_calls(flux) as calls:
+            sample(plain, *conds, steps=STEPS)
+        assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
+    (freqca_dirs.models / "bad.json").write_text('{"steps": 2, "gates": [1]}')
+    for bad in ("missing.json", "bad.json", str(freqca_dirs.models / "gates.json")):
+        for method in ("frdiff", "freqca"):
+            with pytest.raises(ValueError, match="gates_file"):
+                accelerate(pack, flux, method=method, gates_file=bad)
 
 
 def test_taylor_order(pack, flux, conds):
