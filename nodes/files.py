@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -30,6 +31,8 @@ NO_FILE = "none"  # the gates_file choice meaning "no file" ("" too: the value s
 MAX_JSON_BYTES = 1 << 20  # 1 MiB: gates and profiles are a few kB
 PROFILES = ("freqca", "profiles")  # under the user directory
 
+log = logging.getLogger("freqca")
+
 
 def register_folder() -> list[Path]:
     """Register ``models/freqca`` (``.json`` files) with ``folder_paths`` if it is not yet, keeping ``freqca``
@@ -40,6 +43,14 @@ def register_folder() -> list[Path]:
         paths = [default] + [p for p in paths if p != default]
         folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
     return [Path(p) for p in paths]
+
+
+def create_model_folder() -> None:
+    """At ComfyUI's start: register the model folder and create ``models/freqca``, where users put files."""
+    try:
+        register_folder()[0].mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only install: the folder can still be made by hand
+        log.warning("FreqCa: cannot create the models/%s folder (%s)", FOLDER, exc)
 
 
 def gates_file_options() -> list[str]:

@@ -7,7 +7,7 @@ from ..freqca_core import METHODS
 from ..freqca_core.feb import LEVELS as FEB_LEVELS
 from ..freqca_core.validation import check_float
 from .families import FAMILIES, detect_family
-from .files import NO_FILE, gates_file_options, load_gates
+from .files import NO_FILE, create_model_folder, gates_file_options, load_gates
 from .hooks import SCHEDULES, FreqCaSettings, apply_freqca
 
 DEFAULTS = FreqCaSettings()
@@ -137,4 +137,5 @@ class FreqCaAccelerate(io.ComfyNode):
 
 class FreqCaExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        create_model_folder()  # here, not in on_load: ComfyUI 0.3.64 calls no on_load
         return [FreqCaAccelerate]
