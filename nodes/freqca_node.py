@@ -103,7 +103,7 @@ class FreqCaAccelerate(io.ComfyNode):
         for name, value, allowed in (("schedule", schedule, SCHEDULES), ("feb_level", feb_level, FEB_LEVELS)):
             if value is not None and value not in allowed:
                 return f"{name} must be one of {', '.join(allowed)}; got {value!r}"
-        if gates_file is not None:  # a bad file is refused whatever the method; also ComfyUI's list check
+        if gates_file is not None:  # whatever the method; in place of ComfyUI's list check (accepts the old "")
             try:
                 load_gates(gates_file)
             except ValueError as exc:
