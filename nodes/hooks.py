@@ -286,6 +286,11 @@ def apply_freqca(model, settings: FreqCaSettings, family: DitFamily):
     """Return a clone of ``model`` (a ModelPatcher) with FreqCa attached; ``model`` is left as it was."""
     patched = model.clone()
     transformer_options = patched.model_options.get("transformer_options", {})
+    if SETTINGS_KEY in transformer_options:  # composition rule: the node nearest the sampler wins
+        text = ("FreqCa Accelerate: the model already went through another FreqCa Accelerate node; only this "
+                "node's settings apply (use one FreqCa node per model chain)")
+        log.warning(text)
+        _tell_node(settings.node_id, text)
     dit_patches = transformer_options.get("patches_replace", {}).get("dit", {})
     keys = family.block_keys(patched.get_model_object("diffusion_model"))
     if not keys:
@@ -330,17 +335,22 @@ def _show_on_node(node_id: str | None, text: str, stats: dict) -> None:
     """Show ``text`` under the node in the ComfyUI front-end, when a server is running: as progress text
     (any front-end shows it) and as the ``freqca.stats`` event read by ``web/freqca.js``, ``stats``
     (``RunState.report``) plus ``{"node", "text"}``."""
+    stats = {"node": str(node_id), "text": text, **stats}
+    _tell_node(node_id, text,
+               lambda server: server.send_sync("freqca.stats", stats, getattr(server, "client_id", None)))
+
+
+def _tell_node(node_id: str | None, text: str, *more: Callable) -> None:
+    """``text`` as progress text under the node (then each of ``more(server)``), when a server is running."""
     if node_id is None:
         return
-    stats = {"node": str(node_id), "text": text, **stats}
     try:
         from server import PromptServer
         server = PromptServer.instance
     except Exception:  # no server (tests, scripts): the log line is enough
         return
-    for send in (lambda: server.send_progress_text(text, node_id),
-                 lambda: server.send_sync("freqca.stats", stats, getattr(server, "client_id", None))):
+    for send in (lambda server: server.send_progress_text(text, node_id), *more):
         try:
-            send()
+            send(server)
         except Exception:  # an older server or front-end: the log line is enough
             pass

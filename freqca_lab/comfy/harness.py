@@ -334,6 +334,28 @@ def sample(model, positive: list, negative: list, *, steps: int = 8, cfg: float 
     return out["samples"]
 
 
+# ------------------------------------------------------------------------------------------ the pack's nodes
+
+MAIN_INPUTS = ("method", "interval", "warmup_steps", "final_full_steps", "start_percent", "end_percent")
+
+
+def apply_node(model, **inputs):
+    """FreqCa Accelerate's ``execute`` as ComfyUI calls it, with the inputs it does not have given to a
+    FreqCa Options node (defaults for the rest) plugged into its ``options``; returns the patched model.
+    Main inputs not given take the node's defaults. Needs the pack imported (``env.load_pack``)."""
+    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate, FreqCaOptions
+
+    main = {name: inputs.pop(name) for name in MAIN_INPUTS if name in inputs}
+    if inputs:
+        options = {i.id: i.default for i in FreqCaOptions.define_schema().inputs}
+        unknown = set(inputs) - set(options)
+        if unknown:
+            raise TypeError(f"neither FreqCa node has the inputs {sorted(unknown)}")
+        main["options"] = FreqCaOptions.execute(**{**options, **inputs}).result[0]
+    defaults = {i.id: i.default for i in FreqCaAccelerate.define_schema().inputs if i.id in MAIN_INPUTS}
+    return FreqCaAccelerate.execute(model, **{**defaults, **main}).result[0]
+
+
 # ----------------------------------------------------------------------------------------------- probes
 
 

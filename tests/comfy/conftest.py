@@ -5,6 +5,8 @@ a usual place), in CPU mode and without its server; the pack need not be inside 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from freqca_lab.comfy.env import find_comfyui, load_pack
@@ -41,3 +43,18 @@ def conds(comfyui):
     from freqca_lab.comfy.harness import flux_conditioning
 
     return flux_conditioning(seed=2)
+
+
+@pytest.fixture
+def freqca_dirs(comfyui, monkeypatch, tmp_path):
+    """ComfyUI's folders pointed at ``tmp_path`` for one test: ``models`` (its ``freqca`` folder, created, is
+    the pack's model folder), ``user`` (the user directory) and ``outside`` (a folder outside both)."""
+    import folder_paths
+
+    dirs = SimpleNamespace(models=tmp_path / "models" / "freqca", user=tmp_path / "user", outside=tmp_path / "outside")
+    for path in vars(dirs).values():
+        path.mkdir(parents=True)
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "freqca", ([str(dirs.models)], {".json"}))
+    monkeypatch.setattr(folder_paths, "user_directory", str(dirs.user))
+    return dirs

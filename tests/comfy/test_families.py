@@ -31,13 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def accelerate(model, **inputs):
-    """Run the node's execute() as ComfyUI would and return the patched model."""
-    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
-
-    params = dict(method="freqca", interval=INTERVAL, warmup_steps=WARMUP, final_full_steps=0, cutoff=0.1,
-                  hermite_scale=0.71, start_percent=0.0, end_percent=1.0, verbose=False)
-    params.update(inputs)
-    return FreqCaAccelerate.execute(model, **params).result[0]
+    """The nodes applied as ComfyUI would, at this file's interval and warm-up; returns the patched model."""
+    return H.apply_node(model, **{"method": "freqca", "interval": INTERVAL, "warmup_steps": WARMUP, **inputs})
 
 
 def full_steps(steps: int = STEPS) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from freqca_lab.comfy.harness import (build_chroma, build_flux, bypass_blocks, count_block_calls, flux_conditioning, model_fingerprint,
-                     rel_l1, sample)
+from freqca_lab.comfy.harness import (apply_node, build_chroma, build_flux, bypass_blocks, count_block_calls,
+                                     flux_conditioning, model_fingerprint, rel_l1, sample)
 from freqca_lab.comfy.testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
 
 STEPS = 12
@@ -13,13 +13,8 @@ N_BLOCKS = 5  # harness FLUX_CONFIG: 2 double + 3 single
 
 
 def accelerate(pack, model, **inputs):
-    """Run the node's execute() as ComfyUI would and return the patched model."""
-    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
-
-    params = dict(method="freqca", interval=4, warmup_steps=2, final_full_steps=0, cutoff=0.1, hermite_scale=0.71,
-                  start_percent=0.0, end_percent=1.0, verbose=False)
-    params.update(inputs)
-    return FreqCaAccelerate.execute(model, **params).result[0]
+    """The nodes applied as ComfyUI would (interval 4, warm-up 2 unless given); returns the patched model."""
+    return apply_node(model, **{"method": "freqca", "interval": 4, "warmup_steps": 2, **inputs})
 
 
 def expected_full_steps(steps, interval, warmup):
@@ -178,11 +173,10 @@ def test_adaptive_schedule_in_comfyui(pack, testbed, caplog):
 
 
 def test_adaptive_schedule_rejects_bad_inputs(pack, flux):
-    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
-
     with pytest.raises(ValueError, match="tolerance"):
         accelerate(pack, flux, schedule="adaptive", tolerance=-1.0)
-    assert "schedule must be one of fixed, adaptive" in FreqCaAccelerate.validate_inputs(schedule="sometimes")
+    with pytest.raises(ValueError, match="schedule must be one of fixed, adaptive"):
+        accelerate(pack, flux, schedule="sometimes")
 
 
 @pytest.mark.parametrize("method, min_psnr", [("frdiff", 26), ("feb", 28)])
@@ -203,22 +197,28 @@ def test_frdiff_and_feb_fidelity_on_the_trained_testbed(pack, testbed, method, m
         assert not torch.equal(unscaled, fast) and psnr(unscaled, reference) > min_psnr
 
 
-def test_frdiff_learned_gates_file(pack, flux, conds, tmp_path):
-    """gates_file: the Auto-FR gates replace the schedule (blocks run exactly at the gates' full steps);
-    a bad file is refused with an error that names the input."""
+def test_frdiff_learned_gates_file(pack, flux, conds, freqca_dirs):
+    """gates_file: the Auto-FR gates, a file of the freqca model folder, replace the schedule (blocks run
+    exactly at the gates' full steps); a bad file is refused with an error that names the input, whatever
+    the method; "" (the value of workflows saved before the list) and "none" mean no file."""
     from comfyui_freqca.freqca_core.methods.frdiff import GateSchedule
 
     gates = GateSchedule.from_steps([3, 4, 9], STEPS)
-    path = tmp_path / "gates.json"
-    gates.save(path)
-    fast = accelerate(pack, flux, method="frdiff", gates_file=str(path))
+    gates.save(freqca_dirs.models / "gates.json")
+    fast = accelerate(pack, flux, method="frdiff", gates_file="gates.json")
     with count_block_calls(flux) as calls:
         sample(fast, *conds, steps=STEPS)
     assert calls.total == len(gates.full_steps(STEPS)) * N_BLOCKS == 4 * N_BLOCKS
-    (tmp_path / "bad.json").write_text('{"steps": 2, "gates": [1]}')
-    for bad in (tmp_path / "missing.json", tmp_path / "bad.json"):
-        with pytest.raises(ValueError, match="gates_file"):
-            accelerate(pack, flux, method="frdiff", gates_file=str(bad))
+    for empty in ("", "none"):
+        plain = accelerate(pack, flux, method="frdiff", interval=4, warmup_steps=2, gates_file=empty)
+        with count_block_calls(flux) as calls:
+            sample(plain, *conds, steps=STEPS)
+        assert calls.total == expected_full_steps(STEPS, 4, 2) * N_BLOCKS
+    (freqca_dirs.models / "bad.json").write_text('{"steps": 2, "gates": [1]}')
+    for bad in ("missing.json", "bad.json", str(freqca_dirs.models / "gates.json")):
+        for method in ("frdiff", "freqca"):
+            with pytest.raises(ValueError, match="gates_file"):
+                accelerate(pack, flux, method=method, gates_file=bad)
 
 
 def test_taylor_order(pack, flux, conds):

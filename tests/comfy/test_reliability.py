@@ -31,13 +31,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from freqca_lab.comfy.harness import build_flux, count_block_calls, flux_conditioning, rel_l1
+from freqca_lab.comfy.harness import apply_node, build_flux, count_block_calls, flux_conditioning, rel_l1
 
 STEPS = 6
 SHAPE = (1, 16, 16, 16)  # 8 x 8 image tokens
 N_BLOCKS = 5
-SETTINGS = dict(method="freqca", interval=3, warmup_steps=2, final_full_steps=0, cutoff=0.1, hermite_scale=0.71,
-                start_percent=0.0, end_percent=1.0, verbose=False)
+SETTINGS = dict(method="freqca", interval=3, warmup_steps=2, final_full_steps=0, start_percent=0.0, end_percent=1.0)
 ODE_BOUND = 0.05
 STOCHASTIC_BOUND = 0.6
 STOCHASTIC = {"euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
@@ -64,9 +63,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def accelerate(model, **inputs):
     """The node's ``execute`` as ComfyUI calls it; returns the patched model."""
-    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
-
-    return FreqCaAccelerate.execute(model, **dict(SETTINGS, **inputs)).result[0]
+    return apply_node(model, **dict(SETTINGS, **inputs))
 
 
 def run(model, conds, *, steps=STEPS, cfg=1.0, sampler="euler", scheduler="simple", seed=0, shape=SHAPE,
@@ -223,9 +220,11 @@ def test_unsupported_model_is_named(pack, comfyui):
 
 
 class _ValidationHarness:
-    """``execution.validate_inputs`` on a two-node prompt: a MODEL source and FreqCa Accelerate."""
+    """``execution.validate_inputs`` of one of the pack's nodes: FreqCa Accelerate fed by a MODEL source (and a
+    FLOAT source for linked values), or FreqCa Options alone."""
 
     def __init__(self, node_class):
+        self.node_class = node_class
         self.nodes = comfy_nodes()
         import execution
 
@@ -242,14 +241,17 @@ class _ValidationHarness:
         class TestFloatSource(TestModelSource):
             RETURN_TYPES = ("FLOAT",)
 
-        self.classes = {"FreqCaAccelerate": node_class, "TestModelSource": TestModelSource,
+        self.classes = {"FreqCaNode": node_class, "TestModelSource": TestModelSource,
                         "TestFloatSource": TestFloatSource}
 
     def validate(self, **inputs):
-        values = {"model": ["1", 0], **{k: v for k, v in SETTINGS.items()}, **inputs}
+        schema = self.node_class.define_schema()
+        defaults = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
+        if schema.node_id == "FreqCaAccelerate":
+            defaults.update(SETTINGS, model=["1", 0])
         prompt = {"1": {"class_type": "TestModelSource", "inputs": {}},
                   "3": {"class_type": "TestFloatSource", "inputs": {}},
-                  "2": {"class_type": "FreqCaAccelerate", "inputs": values}}
+                  "2": {"class_type": "FreqCaNode", "inputs": {**defaults, **inputs}}}
         mappings = self.nodes.NODE_CLASS_MAPPINGS
         saved = {k: mappings.get(k) for k in self.classes}
         mappings.update(self.classes)
@@ -266,55 +268,61 @@ class _ValidationHarness:
 
 @pytest.fixture(scope="module")
 def validation(pack):
-    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
+    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate, FreqCaOptions
 
-    return _ValidationHarness(FreqCaAccelerate)
+    return {"main": _ValidationHarness(FreqCaAccelerate), "options": _ValidationHarness(FreqCaOptions)}
 
 
-def _schema_ranges():
-    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
+def _schema_ranges(node: str) -> dict:
+    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate, FreqCaOptions
 
-    required = FreqCaAccelerate.INPUT_TYPES()["required"]
+    node_class = {"main": FreqCaAccelerate, "options": FreqCaOptions}[node]
+    required = node_class.INPUT_TYPES()["required"]
     return {name: (info[1]["min"], info[1]["max"], info[0]) for name, info in required.items()
             if info[0] in ("INT", "FLOAT")}
 
 
 def test_comfyui_validation_accepts_defaults_and_linked_values(validation):
-    assert validation.validate() == (True, [])
-    assert validation.validate(start_percent=["3", 0], end_percent=0.1) == (True, [])
+    assert validation["main"].validate() == (True, [])
+    assert validation["options"].validate() == (True, [])
+    assert validation["main"].validate(start_percent=["3", 0], end_percent=0.1) == (True, [])
 
 
-@pytest.mark.parametrize("name", ["interval", "warmup_steps", "final_full_steps", "cutoff", "hermite_scale",
-                                  "start_percent", "end_percent"])
-def test_comfyui_validation_rejects_out_of_range_values(pack, validation, name):
-    low, high, kind = _schema_ranges()[name]
+@pytest.mark.parametrize("node,name", [("main", n) for n in ("interval", "warmup_steps", "final_full_steps",
+                                                             "start_percent", "end_percent")]
+                         + [("options", n) for n in ("tolerance", "taylor_order", "cutoff", "hermite_scale",
+                                                     "exposure_delta")])
+def test_comfyui_validation_reports_a_bad_value_once_on_its_input(pack, validation, node, name):
+    low, high, kind = _schema_ranges(node)[name]
     step = 1 if kind == "INT" else 0.01
     for value, bound in ((low - step, low), (high + step, high)):
-        ok, errors = validation.validate(**{name: value})
-        assert ok is False and errors, (name, value)
-        for error in errors:  # every error names the input and its allowed bound
-            assert error["extra_info"]["input_name"] == name or name in error["details"]
-            text = error["message"] + " " + error["details"]
-            assert name in text or error["details"] == name
-            assert str(bound) in text or f"[{low}, {high}]" in text, text
-        # nothing else is reported: the other inputs are fine
-        assert {e["extra_info"]["input_name"] for e in errors} <= {name, "method", "start_percent", "end_percent"}
+        ok, errors = validation[node].validate(**{name: value})
+        assert ok is False and len(errors) == 1, (name, value, errors)
+        assert errors[0]["extra_info"]["input_name"] == name
+        assert str(bound) in errors[0]["message"], errors[0]
 
 
-def test_comfyui_validation_rejects_wrong_kinds_and_choices(validation):
-    ok, errors = validation.validate(interval="abc")
-    assert not ok and [e["type"] for e in errors] == ["invalid_input_type"]
-    assert errors[0]["extra_info"]["input_name"] == "interval"
-    ok, errors = validation.validate(cutoff="x")
-    assert not ok and errors[0]["extra_info"]["input_name"] == "cutoff"
-    ok, errors = validation.validate(method="fast")
-    assert not ok and all("method must be one of freqca, reuse, taylor" in e["details"] for e in errors)
-    ok, errors = validation.validate(start_percent=0.5, end_percent=0.2)
-    assert not ok and all("end_percent (0.2) must be >= start_percent (0.5)" in e["details"] for e in errors)
-    assert {e["extra_info"]["input_name"] for e in errors} <= {"method", "start_percent", "end_percent"}
-    ok, errors = validation.validate(cutoff=NAN)  # ComfyUI's min/max pass NaN; execute() rejects it
-    with pytest.raises(ValueError, match="cutoff must be a finite number"):
-        accelerate(build_flux(seed=1), cutoff=NAN)
+def test_comfyui_validation_rejects_wrong_kinds_and_choices_once(validation):
+    ok, errors = validation["main"].validate(interval="abc")
+    assert not ok and [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("invalid_input_type",
+                                                                                         "interval")]
+    ok, errors = validation["options"].validate(cutoff="x")
+    assert not ok and [e["extra_info"]["input_name"] for e in errors] == ["cutoff"]
+    ok, errors = validation["main"].validate(method="fast")
+    assert not ok and [e["extra_info"]["input_name"] for e in errors] == ["method"]
+    assert "method must be one of freqca, reuse, taylor" in errors[0]["details"]
+
+
+def test_values_only_execution_can_check_are_refused_there_naming_the_input(pack, flux):
+    """End before start needs two values and ComfyUI 0.3.64 checks no V3 combo: execute() refuses them."""
+    from comfyui_freqca.nodes.freqca_node import FreqCaOptions
+
+    with pytest.raises(ValueError, match=r"cutoff must be a finite number"):  # NaN passes ComfyUI's min/max
+        accelerate(flux, cutoff=NAN)
+    defaults = {i.id: i.default for i in FreqCaOptions.define_schema().inputs}
+    for name in ("schedule", "feb_level"):
+        with pytest.raises(ValueError, match=rf"^{name} must be one of"):
+            FreqCaOptions.execute(**{**defaults, name: "bogus"})
 
 
 # -------------------------------------------------------------------------------- samplers / schedulers

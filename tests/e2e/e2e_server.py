@@ -71,6 +71,11 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
             return json.loads(response.read())
 
+    def option_defaults(self) -> dict:
+        """Every input of FreqCa Options at its default, as the server's /object_info lists them."""
+        info = self.get_json("/object_info/FreqCaOptions")["FreqCaOptions"]["input"]["required"]
+        return {name: spec[1]["default"] for name, spec in info.items()}
+
     def get_bytes(self, path: str, timeout: float = 10.0) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
             return response.read()
@@ -83,6 +88,16 @@ class ComfyServer:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:  # ComfyUI explains a rejected prompt in the body
             raise AssertionError(f"POST {path} -> {err.code}: {err.read()[:2000]!r}") from None
+
+    def post_prompt(self, prompt: dict) -> tuple[int, dict]:
+        """POST /prompt; (HTTP status, JSON body), also for a rejected prompt."""
+        request = urllib.request.Request(self.url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
 
     def wait_history(self, prompt_id: str, timeout: float) -> dict:
         """The /history entry of a finished prompt (bounded polling)."""
@@ -127,14 +142,20 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def make_testbed_prompt(steps: int = 12, seed: int = 7, interval: int = 3, prefix: str = "freqca_e2e",
-                   prompt: str = "red circle") -> dict:
-    """API-format prompt: testbed loader -> FreqCa Accelerate -> KSampler (euler) -> decode -> SaveImage."""
+                        prompt: str = "red circle", method: str = "freqca", options: dict | None = None) -> dict:
+    """API-format prompt: testbed loader -> FreqCa Accelerate -> KSampler (euler) -> decode -> SaveImage; with
+    ``options`` (every input of FreqCa Options, e.g. ``ComfyServer.option_defaults()`` updated) a FreqCa Options
+    node "8" feeds FreqCa Accelerate's ``options``."""
+    freqca = {"model": ["1", 0], "method": method, "interval": interval, "warmup_steps": 3, "final_full_steps": 1,
+              "start_percent": 0.0, "end_percent": 1.0}
+    extra = {}
+    if options is not None:
+        freqca["options"] = ["8", 0]
+        extra["8"] = {"class_type": "FreqCaOptions", "inputs": dict(options)}
     return {
+        **extra,
         "1": {"class_type": "FreqCaTestbedLoader", "inputs": {}},
-        "2": {"class_type": "FreqCaAccelerate",
-              "inputs": {"model": ["1", 0], "method": "freqca", "interval": interval, "warmup_steps": 3,
-                         "final_full_steps": 1, "cutoff": 0.1, "hermite_scale": 0.71, "start_percent": 0.0,
-                         "end_percent": 1.0, "verbose": False}},
+        "2": {"class_type": "FreqCaAccelerate", "inputs": freqca},
         "3": {"class_type": "FreqCaTestbedPrompt", "inputs": {"prompt": prompt}},
         "4": {"class_type": "FreqCaTestbedEmptyLatent", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
         "5": {"class_type": "KSampler",

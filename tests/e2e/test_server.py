@@ -75,6 +75,11 @@ def test_pack_loaded_and_served(comfy_server):
     info = comfy_server.get_json("/object_info/FreqCaAccelerate")["FreqCaAccelerate"]
     assert info["display_name"] == "FreqCa Accelerate"
     assert info["input"]["required"]["interval"][1]["default"] == 6
+    widgets = [name for section in ("required", "optional") for name, spec in info["input"].get(section, {}).items()
+               if spec[0] in ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")]
+    assert len(widgets) <= 6 and info["input"]["optional"]["options"][0] == "FREQCA_OPTIONS", info["input"]
+    options = comfy_server.get_json("/object_info/FreqCaOptions")["FreqCaOptions"]
+    assert options["display_name"] == "FreqCa Options" and options["output"] == ["FREQCA_OPTIONS"]
     assert "FreqCaTestbedLoader" in comfy_server.get_json("/object_info/FreqCaTestbedLoader")
     extensions = comfy_server.get_json("/extensions")
     script = f"/extensions/{PACK_DIR_NAME}/freqca.js"
@@ -142,3 +147,20 @@ def test_prompt_runs_saves_image_and_reports_summary(comfy_server):
     progress = [e for e in listener.of_type("progress") if e.get("node") == "5"]
     assert progress and progress[-1]["value"] == progress[-1]["max"] == STEPS
     print(f"\nprompt ran in {elapsed:.1f} s; {event['text']}")
+
+
+def test_each_bad_value_is_one_error_on_its_input(comfy_server):
+    """POST /prompt with one bad value: exactly one error, on that node and input."""
+    options = comfy_server.option_defaults()
+    cases = [("2", "method", {"method": "nope"}, None), ("2", "interval", {"interval": 0}, None),
+             ("2", "warmup_steps", {"warmup_steps": 101}, None), ("2", "start_percent", {"start_percent": 1.5}, None),
+             ("2", "end_percent", {"end_percent": -0.1}, None), ("8", "tolerance", {}, {"tolerance": -1.0}),
+             ("8", "taylor_order", {}, {"taylor_order": 9}), ("8", "cutoff", {}, {"cutoff": 2.0}),
+             ("8", "gates_file", {}, {"gates_file": "/etc/passwd"})]
+    for node, name, main, extra in cases:
+        prompt = make_testbed_prompt(options={**options, **(extra or {})})
+        prompt["2"]["inputs"].update(main)
+        status, body = comfy_server.post_prompt(prompt)
+        assert status == 400 and list(body["node_errors"]) == [node], (name, body)
+        errors = body["node_errors"][node]["errors"]
+        assert [e["extra_info"]["input_name"] for e in errors] == [name], (name, errors)
