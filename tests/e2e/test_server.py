@@ -89,7 +89,6 @@ def test_pack_loaded_and_served(comfy_server):
 
 
 def test_prompt_runs_saves_image_and_reports_summary(comfy_server):
-    pytest.importorskip("aiohttp")
     from PIL import Image
 
     client_id = uuid.uuid4().hex
