@@ -20,14 +20,17 @@ TIER = pytest.StashKey[str]()
 def pytest_collection_modifyitems(config, items):
     """Mark every test of an unavailable tier skipped (the tier is found from the test's fixture closure);
     with $FREQCA_REQUIRE_TIERS set (CI), an unavailable tier is an error instead."""
+    skipped = False
     for item in items:
         name = tiers.tier_of(item.fixturenames)
         reason = name and tiers.session_reasons()[name]
-        if reason and os.environ.get("FREQCA_REQUIRE_TIERS"):
-            raise pytest.UsageError(f"FREQCA_REQUIRE_TIERS is set, but a tier cannot run: {reason}")
         if reason:
+            skipped = True
             item.stash[TIER] = reason
             item.add_marker(pytest.mark.skip(reason=reason))
+    if skipped and os.environ.get("FREQCA_REQUIRE_TIERS"):
+        reasons = [reason for reason in tiers.session_reasons().values() if reason]
+        raise pytest.UsageError("FREQCA_REQUIRE_TIERS is set, but these tiers cannot run:\n" + "\n".join(reasons))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import tiers
 from freqca_lab.comfy.env import REPO
 
@@ -86,3 +88,10 @@ def test_tier_skips_fold_into_one_line_per_tier(tmp_path):
     assert lines["server tier"].endswith("server tier: needs the ComfyUI tier, which is skipped")
     assert lines["browser tier"].endswith("browser tier: needs the server tier, which is skipped")
     assert " passed, " in done.stdout.splitlines()[-1] and "error" not in done.stdout.splitlines()[-1]
+
+    env["FREQCA_REQUIRE_TIERS"] = "1"  # as .ci/run sets it: a tier that cannot run is an error
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/e2e"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "No module named 'freqca_absent_psutil'" in done.stderr
+    assert lines["server tier"].split(": ", 1)[1] in done.stderr
