@@ -13,7 +13,6 @@ import time
 import uuid
 
 import numpy as np
-import pytest
 
 from e2e_server import PACK_DIR_NAME, make_testbed_prompt
 from freqca_lab.comfy.env import REPO
