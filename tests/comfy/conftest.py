@@ -1,4 +1,4 @@
-"""Fixtures for tests that drive real ComfyUI code in-process (skipped when no ComfyUI tree is found).
+"""Fixtures for tests that drive real ComfyUI code in-process (the ComfyUI tier: see tests/tiers.py).
 
 ComfyUI is imported from a source tree (``find_comfyui()``: $COMFYUI_PATH, the tree this pack sits in, or
 a usual place), in CPU mode and without its server; the pack need not be inside ``custom_nodes``.
@@ -9,18 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from freqca_lab.comfy.env import find_comfyui, load_pack
-from freqca_lab.comfy.harness import import_comfyui
-
-
-@pytest.fixture(scope="session")
-def comfyui():
-    """The ComfyUI source tree, imported in CPU mode (see ``harness.import_comfyui``); skips when none is found."""
-    path = find_comfyui()
-    if path is None:
-        pytest.skip("ComfyUI not found: set COMFYUI_PATH to a ComfyUI source tree")
-    import_comfyui(path)
-    return path
+from freqca_lab.comfy.env import load_pack
 
 
 @pytest.fixture(scope="session")

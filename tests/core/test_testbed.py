@@ -1,14 +1,12 @@
 """The trained testbed: architecture split, ComfyUI Flux equivalence, data, schedule and shipped weights."""
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
-from freqca_lab.comfy.env import find_comfyui
 from freqca_lab.testbed.data import PROMPTS, PromptTable, render, render_batch
 from freqca_lab.testbed.model import WEIGHTS_DIR, TinyFlux, TinyFluxConfig, load_testbed
 from freqca_lab.testbed.sampling import euler_sample, flux_sigmas, seeded_noise
@@ -124,14 +122,7 @@ def test_prompt_table_round_trip(tmp_path):
 
 
 def comfy_flux(config: TinyFluxConfig):
-    root = find_comfyui()
-    if root is None:
-        pytest.skip("no ComfyUI source tree found (set COMFYUI_PATH)")
-    if str(root) not in sys.path:
-        sys.path.append(str(root))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    """ComfyUI's own Flux class with the testbed's config (ComfyUI imported by the ``comfyui`` fixture)."""
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
@@ -139,7 +130,7 @@ def comfy_flux(config: TinyFluxConfig):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"guidance_embed": True, "qkv_bias": False}])
-def test_matches_comfyui_flux(overrides):
+def test_matches_comfyui_flux(comfyui, overrides):
     model = random_model(**overrides)
     reference = comfy_flux(model.config)
     assert {k: v.shape for k, v in reference.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
@@ -154,7 +145,7 @@ def test_matches_comfyui_flux(overrides):
         assert (ours - theirs).abs().max() < 1e-4 * max(1.0, theirs.abs().max().item())
 
 
-def test_shipped_model_matches_comfyui_flux(testbed):
+def test_shipped_model_matches_comfyui_flux(comfyui, testbed):
     model, table = testbed
     reference = comfy_flux(model.config)
     reference.load_state_dict(model.state_dict())

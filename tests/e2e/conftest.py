@@ -1,7 +1,8 @@
 """Fixture ``comfy_server``: one headless ComfyUI server for all end-to-end tests (see e2e_server.py).
 
-Skipped, with a one-line reason, when no ComfyUI tree or no testbed weights are found; the server is
-stopped at the end of the session in all cases.
+The server tier (tests/tiers.py: skipped with one reason where ComfyUI or its server's requirements or the
+testbed weights are missing); the server is stopped at the end of the session in all cases. Fixture ``chromium``:
+the browser tier.
 """
 from __future__ import annotations
 
@@ -13,17 +14,14 @@ import urllib.error
 
 import pytest
 
-from e2e_server import START_TIMEOUT_S, WEIGHTS, ComfyServer, free_port, make_base_dir, stop
+import tiers
+from e2e_server import START_TIMEOUT_S, ComfyServer, free_port, make_base_dir, stop
 from freqca_lab.comfy.env import find_comfyui
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     comfy = find_comfyui()
-    if comfy is None:
-        pytest.skip("ComfyUI not found: set COMFYUI_PATH to a ComfyUI source tree")
-    if not (WEIGHTS / "tinyflux.safetensors").is_file() or not (WEIGHTS / "prompts.safetensors").is_file():
-        pytest.skip(f"testbed weights missing in {WEIGHTS}")
     base = tmp_path_factory.mktemp("comfy_base")
     make_base_dir(base)
     port = free_port()
@@ -52,3 +50,9 @@ def comfy_server(tmp_path_factory):
         yield server
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of the Chromium executable (the browser tier)."""
+    return tiers.chromium_path()

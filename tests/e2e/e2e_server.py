@@ -22,7 +22,6 @@ from freqca_lab.comfy.env import REPO
 HERE = Path(__file__).resolve().parent
 FIXTURE_NODES = HERE / "fixture_nodes"
 ARTIFACTS = HERE / "artifacts"
-WEIGHTS = REPO / "freqca_lab" / "testbed" / "weights"
 PACK_DIR_NAME = "comfyui-freqca"
 START_TIMEOUT_S = 90
 

@@ -1,6 +1,6 @@
 """The pack in the real ComfyUI front-end, driven through headless Chromium (Chrome DevTools Protocol).
 
-Needs Debian's ``chromium`` (``apt-get install chromium``); skipped with a reason without it. Talks CDP
+Needs Debian's ``chromium`` (``apt-get install chromium``): the browser tier (tests/tiers.py). Talks CDP
 over a websocket with aiohttp (a ComfyUI dependency), so no browser-automation package is needed.
 Checks: the page loads with this pack's extension and no console error from it; an example workflow
 opens and its FreqCa Accelerate node renders with its widgets and planned timeline; the testbed workflow
@@ -13,30 +13,23 @@ import asyncio
 import base64
 import itertools
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from e2e_server import ARTIFACTS, PACK_DIR_NAME, stop
 
-CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                             shutil.which("chromium-browser")) if p and Path(p).is_file()), None)
 FIXTURE_PACK = "freqca_testbed_nodes"
 VIEWPORT = (1600, 900)
 EXPECTED_WIDGETS = ["method", "interval", "warmup_steps", "final_full_steps", "start_percent", "end_percent"]
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 
 
 class Browser:
     """A headless Chromium and a CDP session on its first page."""
 
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, executable: str, profile: Path) -> None:
+        self.executable = executable
         self.profile = profile
         self.process: subprocess.Popen | None = None
         self.ws = None
@@ -50,7 +43,7 @@ class Browser:
         import aiohttp
 
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            [self.executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
              "--remote-debugging-port=0", "--remote-allow-origins=*", f"--user-data-dir={self.profile}",
              f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}", "about:blank"],
@@ -183,9 +176,9 @@ async def node_box(browser: Browser, node_types: list[str], pad: int = 24) -> di
     return {"x": x, "y": y, "width": width, "height": height}
 
 
-async def scenario(server_url: str, profile: Path) -> dict:
+async def scenario(server_url: str, chromium: str, profile: Path) -> dict:
     (ARTIFACTS / "node_live.png").unlink(missing_ok=True)
-    browser = Browser(profile)
+    browser = Browser(chromium, profile)
     report: dict = {}
     try:
         await browser.start()
@@ -258,10 +251,9 @@ async def scenario(server_url: str, profile: Path) -> dict:
         await browser.close()
 
 
-def test_front_end_shows_freqca_feedback(comfy_server, tmp_path):
-    pytest.importorskip("aiohttp")
+def test_front_end_shows_freqca_feedback(comfy_server, chromium, tmp_path):
     started = time.monotonic()
-    report = asyncio.run(scenario(comfy_server.url, tmp_path / "chromium-profile"))
+    report = asyncio.run(scenario(comfy_server.url, chromium, tmp_path / "chromium-profile"))
     print(f"\nbrowser test {time.monotonic() - started:.1f} s, page load {report['load_s']} s, "
           f"live views {report['live']}, after: {report['after']['title']}")
 

@@ -13,7 +13,6 @@ import time
 import uuid
 
 import numpy as np
-import pytest
 
 from e2e_server import PACK_DIR_NAME, make_testbed_prompt
 from freqca_lab.comfy.env import REPO
@@ -94,7 +93,6 @@ def test_pack_loaded_and_served(comfy_server):
 
 
 def test_prompt_runs_saves_image_and_reports_summary(comfy_server):
-    pytest.importorskip("aiohttp")
     from PIL import Image
 
     client_id = uuid.uuid4().hex
