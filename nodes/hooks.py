@@ -109,6 +109,8 @@ class RunState:
         n_steps = len(sample_sigmas) - 1 if sample_sigmas is not None and len(sample_sigmas) > 1 else None
         self.controller = settings.new_controller(n_steps)
         self.controller.start_run(sample_sigmas)
+        self.notes: list[str] = [short_run_note(self.controller.schedule, n_steps)]  # for the run summary
+        self.variants: set[tuple[BlockKey, ...]] = set()  # block sets replaced in some calls (pass_variant)
         self.layout: TokenLayout | None = None  # image tokens known from the latent of the call in flight
         self.plan: CallPlan | None = None
         self.embedding: torch.Tensor | None = None  # the call's image rows entering the first block
@@ -128,6 +130,10 @@ class RunState:
         layout = TokenLayout(known.segments + TokenLayout.of(extra).segments) if extra > 0 else (
             known if extra == 0 else TokenLayout.grid(self.n_img))
         streams = options.get("uuids") or options.get("cond_or_uncond") or [0]
+        variant = pass_variant(options)
+        if variant:  # e.g. Skip Layer Guidance's pass: its own CRF history per stream, never the stream's
+            streams = [(stream, variant) for stream in streams]
+            self.note_variant(variant)
         sigma = float(options["sigmas"].flatten()[0])
         self.embedding = self.image_rows(img) if self.controller.method.residual else None
         self.plan = self.controller.plan(sigma, streams, img.shape[0], layout, embedding=self.embedding)
@@ -140,6 +146,13 @@ class RunState:
         if self.settings.verbose:
             mode = "full" if self.plan.full else "cached"
             log.info("FreqCa: sigma %.4f step %s %s %s", sigma, self.plan.step, mode, self.plan.reason)
+
+    def note_variant(self, variant: tuple[BlockKey, ...]) -> None:
+        """Say once per run in the summary that passes with other blocks replaced were cached apart."""
+        if variant not in self.variants:
+            self.variants.add(variant)
+            blocks = ", ".join(f"{kind} {index}" for kind, index in variant)
+            self.notes.append(f"a pass with {blocks} replaced (e.g. Skip Layer Guidance) cached on its own")
 
     def prepare_cached(self, img: torch.Tensor) -> None:
         """At the first block of a cached call: the forecast on the call's device and dtype, shape checked."""
@@ -208,8 +221,9 @@ class RunState:
         """The run's numbers for the front-end (``freqca.stats``): ``method``, ``schedule`` (fixed,
         adaptive, table or gates), ``interval``, ``steps``, ``full``, ``attention`` (steps that reused attention),
         ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full, ``a`` attention reused, ``c``
-        cached, ``.`` not called), ``fallbacks``, ``missed`` and ``speedup`` (steps / steps whose blocks ran:
-        full and attention-reusing)."""
+        cached, ``.`` not called), ``fallbacks``, ``missed``, ``speedup`` (steps / steps whose blocks ran:
+        full and attention-reusing) and ``notes`` (what the run summary adds: a short run's fitted schedule,
+        other caches or guidance passes met)."""
         stats, settings = self.controller.stats, self.settings
         steps = stats.n_steps if stats.n_steps is not None else len(stats.steps)
         blocks_run = stats.full_steps + stats.attention_steps
@@ -219,7 +233,8 @@ class RunState:
                 "cached": stats.cached_steps, "cache_mb": round(stats.peak_cache_bytes / 2 ** 20, 2),
                 "seconds": round(time.perf_counter() - self.started, 1), "timeline": stats.timeline(),
                 "fallbacks": stats.fallbacks, "missed": self.missed,
-                "speedup": round(steps / blocks_run, 2) if blocks_run else None}
+                "speedup": round(steps / blocks_run, 2) if blocks_run else None,
+                "notes": [note for note in self.notes if note]}
 
     def summary(self) -> str:
         r = self.report()
@@ -234,7 +249,26 @@ class RunState:
             text += f"; {r['fallbacks']} calls fell back to full compute"
         if self.missed:
             text += f"; {self.missed} calls ran uncached: a FreqCa block patch was replaced by another node"
-        return text
+        return "; ".join([text] + r["notes"])
+
+
+def pass_variant(options: dict) -> tuple[BlockKey, ...]:
+    """The blocks of this call's ``patches_replace["dit"]`` whose patch is not FreqCa's, sorted; () when all are.
+
+    A guidance pass that runs the model with some blocks replaced (ComfyUI's ``SkipLayerGuidanceDiT`` puts an
+    identity patch on the skipped blocks of a copy of the model options, for its call only) reaches the same
+    stream (cond uuid) at the same sigma as the plain pass, yet computes other features: it gets its own CRF
+    history, keyed by this tuple, so it never replaces the stream's CRF and at cached steps is forecast from
+    its own full steps (or computed, before it has any). A patch another node put over ours for every call gives
+    every call the same tuple, so caching goes on as before."""
+    dit = options.get("patches_replace", {}).get("dit", {})
+    return tuple(sorted(key for key, patch in dit.items() if not hasattr(patch, "freqca_prior")))
+
+
+def short_run_note(schedule, n_steps: int | None) -> str:
+    """What the fixed schedule changed for a run too short for its warm-up and interval
+    (``FixedSchedule.for_run``); "" for other schedules and long runs."""
+    return schedule.fit_text(n_steps) if isinstance(schedule, FixedSchedule) else ""
 
 
 def _outer_sample_wrapper(executor, *args, **kwargs):

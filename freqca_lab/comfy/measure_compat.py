@@ -1,0 +1,74 @@
+"""Issue 17 measurements on the trained testbed inside ComfyUI: FreqCa with Skip Layer Guidance (ComfyUI's
+``SkipLayerGuidanceDiT``), with few-step runs, and with a ControlNet-like control that ends mid-run.
+
+    COMFYUI_PATH=/path/to/ComfyUI python3 -m freqca_lab.comfy.measure_compat
+
+Prints PSNR (dB) to the uncached run of the same workflow; for SLG also the cosine between the cached and the
+uncached SLG effect (output with SLG minus output without).
+"""
+from __future__ import annotations
+
+import torch
+
+from .env import find_comfyui, load_pack
+from .harness import import_comfyui, sample
+
+RUN = dict(cfg=3.0, seed=5)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR of ``a`` against the reference ``b`` (peak: ``b``'s range), in dB."""
+    peak = float(b.max() - b.min())
+    return float(10 * torch.log10(peak ** 2 / ((a - b) ** 2).mean().clamp_min(1e-20)))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def accelerate(model, **inputs):
+    """FreqCa Accelerate's ``execute`` with the node's defaults, ``inputs`` replacing some."""
+    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
+
+    params = dict(method="freqca", interval=6, warmup_steps=3, final_full_steps=0, cutoff=0.1, hermite_scale=0.71,
+                  start_percent=0.0, end_percent=1.0, verbose=False)
+    return FreqCaAccelerate.execute(model, **dict(params, **inputs)).result[0]
+
+
+def skip_layer_guidance(model, start: float, end: float, double: str = "1", single: str = "1, 2", scale=3.0):
+    """ComfyUI's own SkipLayerGuidanceDiT node applied to ``model``."""
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    return SkipLayerGuidanceDiT.execute(model, scale, start, end, double_layers=double, single_layers=single,
+                                        rescaling_scale=0.0).result[0]
+
+
+def slg_numbers(testbed, conds, latent, start: float, end: float, steps: int = 28) -> dict:
+    """PSNR of FreqCa without and with SLG (each to its uncached run) and the SLG effect's cosine."""
+    run = dict(RUN, steps=steps, latent=latent)
+    plain, slg = testbed, skip_layer_guidance(testbed, start, end)
+    ref_plain, ref_slg = sample(plain, *conds, **run), sample(slg, *conds, **run)
+    fast_plain, fast_slg = sample(accelerate(plain), *conds, **run), sample(accelerate(slg), *conds, **run)
+    return {"psnr_plain": psnr(fast_plain, ref_plain), "psnr_slg": psnr(fast_slg, ref_slg),
+            "effect_cosine": cosine(fast_slg - fast_plain, ref_slg - ref_plain),
+            "slg_applied_after": psnr(sample(skip_layer_guidance(accelerate(plain), start, end), *conds, **run),
+                                      ref_slg)}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    import_comfyui(find_comfyui())
+    load_pack()
+    from .testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
+
+    testbed, conds, latent = build_testbed_flux(), prompt_conditioning(0), pixel_latent()
+    for start, end in ((0.01, 0.15), (0.01, 0.6)):
+        numbers = slg_numbers(testbed, conds, latent, start, end)
+        print(f"SLG {start:.0%}-{end:.0%}: " + ", ".join(f"{k} {v:.2f}" for k, v in numbers.items()))
+    for steps in (4, 7, 8, 12, 28):
+        run = dict(RUN, steps=steps, latent=latent)
+        print(f"{steps} steps, defaults: {psnr(sample(accelerate(testbed), *conds, **run), sample(testbed, *conds, **run)):.1f} dB")
+
+
+if __name__ == "__main__":
+    main()
