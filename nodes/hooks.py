@@ -111,6 +111,8 @@ class RunState:
         self.controller.start_run(sample_sigmas)
         self.notes: list[str] = [short_run_note(self.controller.schedule, n_steps)]  # for the run summary
         self.variants: set[tuple[BlockKey, ...]] = set()  # block sets replaced in some calls (pass_variant)
+        self.control: tuple = ()  # control_signature of the call in flight
+        self.controls: set[tuple] = set()  # those seen in this run
         self.layout: TokenLayout | None = None  # image tokens known from the latent of the call in flight
         self.plan: CallPlan | None = None
         self.embedding: torch.Tensor | None = None  # the call's image rows entering the first block
@@ -134,6 +136,8 @@ class RunState:
         if variant:  # e.g. Skip Layer Guidance's pass: its own CRF history per stream, never the stream's
             streams = [(stream, variant) for stream in streams]
             self.note_variant(variant)
+        if self.control:  # a ControlNet's active set: a new one starts a new history (its first call runs full)
+            streams = [(stream, self.control) for stream in streams]
         sigma = float(options["sigmas"].flatten()[0])
         self.embedding = self.image_rows(img) if self.controller.method.residual else None
         self.plan = self.controller.plan(sigma, streams, img.shape[0], layout, embedding=self.embedding)
@@ -146,6 +150,15 @@ class RunState:
         if self.settings.verbose:
             mode = "full" if self.plan.full else "cached"
             log.info("FreqCa: sigma %.4f step %s %s %s", sigma, self.plan.step, mode, self.plan.reason)
+
+    def note_control(self, control: tuple) -> None:
+        """Take the control signature of the call in flight; say in the summary when it changed in the run."""
+        self.control = control
+        if control not in self.controls:
+            self.controls.add(control)
+            if len(self.controls) == 2:
+                self.notes.append("the ControlNet's active set changed during the run: full steps there, "
+                                  "forecasts from features of the same set only")
 
     def note_variant(self, variant: tuple[BlockKey, ...]) -> None:
         """Say once per run in the summary that passes with other blocks replaced were cached apart."""
@@ -265,6 +278,21 @@ def pass_variant(options: dict) -> tuple[BlockKey, ...]:
     return tuple(sorted(key for key, patch in dit.items() if not hasattr(patch, "freqca_prior")))
 
 
+def control_signature(control) -> tuple:
+    """Which ControlNet residuals a model call receives (its ``control`` argument): per key (``input``,
+    ``middle``, ``output``), which entries are present; () without control.
+
+    A ControlNet with a start or end percent (or a chain of them) gives the model a different set of
+    residuals from that step on; the block features change at once, so a forecast across the switch is
+    wrong. Keying the CRF histories by this signature makes the first call after a switch run full and later
+    forecasts use only features computed under the same set. Chained ControlNets whose residuals are summed
+    into the same entries are not told apart."""
+    if not isinstance(control, dict):
+        return ()
+    return tuple((key, tuple(item is not None for item in value) if isinstance(value, (list, tuple))
+                  else value is not None) for key, value in sorted(control.items()))
+
+
 def short_run_note(schedule, n_steps: int | None) -> str:
     """What the fixed schedule changed for a run too short for its warm-up and interval
     (``FixedSchedule.for_run``); "" for other schedules and long runs."""
@@ -302,7 +330,9 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
     try:
         if family.wrapper == "apply_model":
             model = model.diffusion_model
-        state.layout = family.layout(call_arguments(executor.original, args, kwargs), model)
+        call = call_arguments(executor.original, args, kwargs)
+        state.layout = family.layout(call, model)
+        state.note_control(control_signature(call.get("control")))
     except Exception as exc:  # an unexpected input shape: run this call uncached
         log.warning("FreqCa: cannot read the token layout (%r); running uncached", exc)
         state.layout = None

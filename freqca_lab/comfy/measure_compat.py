@@ -43,6 +43,60 @@ def skip_layer_guidance(model, start: float, end: float, double: str = "1", sing
                                         rescaling_scale=0.0).result[0]
 
 
+def projection_control(hidden: int, channels: int, seed: int = 17):
+    """A ``comfy.controlnet.ControlBase`` (no weights needed) with a real ControlNet's timing: its residuals,
+    a fixed random projection of the noisy latent's 2x2 patches to ``hidden`` per double block (``input``)
+    and single block (``output``), are given only inside its start/end range, after any chained ControlNet."""
+    import comfy.controlnet
+
+    class ProjectionControl(comfy.controlnet.ControlBase):
+        def __init__(self, projection: torch.Tensor) -> None:
+            super().__init__()
+            self.projection = projection
+
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            prev = None
+            if self.previous_controlnet is not None:
+                prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+            if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+                return prev
+            b, c, h, w = x_noisy.shape
+            tokens = x_noisy.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * 4)
+            residual = tokens @ self.projection.to(tokens) * self.strength
+            return {"input": [residual, residual * 0.5], "output": [residual * 0.25, None, residual * 0.5]}
+
+        def copy(self):
+            copied = ProjectionControl(self.projection)
+            self.copy_to(copied)
+            return copied
+
+    generator = torch.Generator().manual_seed(seed)
+    return ProjectionControl(torch.randn(channels * 4, hidden, generator=generator) * 0.3)
+
+
+def apply_control(conds: tuple[list, list], control, start: float, end: float) -> tuple[list, list]:
+    """ComfyUI's ControlNetApplyAdvanced node: ``control`` on both conditionings from ``start`` to ``end``."""
+    from .harness import _comfy_nodes
+
+    hint = torch.zeros(1, 32, 32, 3)
+    return _comfy_nodes().ControlNetApplyAdvanced().apply_controlnet(conds[0], conds[1], control, hint, 1.0,
+                                                                      start, end)
+
+
+def control_numbers(testbed, conds, latent, steps: int = 28) -> dict:
+    """Relative L1 of FreqCa to the uncached run, a ControlNet over the whole run and one ending at 50%."""
+    from .harness import rel_l1
+
+    run = dict(RUN, steps=steps, latent=latent)
+    control = projection_control(96, 3)
+    numbers = {}
+    for start, end in ((0.0, 1.0), (0.0, 0.5), (0.5, 1.0)):
+        controlled = apply_control(conds, control, start, end)
+        numbers[f"{start:.0%}-{end:.0%}"] = rel_l1(sample(accelerate(testbed), *controlled, **run),
+                                                   sample(testbed, *controlled, **run))
+    return numbers
+
+
 def slg_numbers(testbed, conds, latent, start: float, end: float, steps: int = 28) -> dict:
     """PSNR of FreqCa without and with SLG (each to its uncached run) and the SLG effect's cosine."""
     run = dict(RUN, steps=steps, latent=latent)
@@ -65,6 +119,8 @@ def main() -> None:
     for start, end in ((0.01, 0.15), (0.01, 0.6)):
         numbers = slg_numbers(testbed, conds, latent, start, end)
         print(f"SLG {start:.0%}-{end:.0%}: " + ", ".join(f"{k} {v:.2f}" for k, v in numbers.items()))
+    numbers = control_numbers(testbed, conds, latent)
+    print("ControlNet rel L1 to uncached: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
     for steps in (4, 7, 8, 12, 28):
         run = dict(RUN, steps=steps, latent=latent)
         print(f"{steps} steps, defaults: {psnr(sample(accelerate(testbed), *conds, **run), sample(testbed, *conds, **run)):.1f} dB")

@@ -1,0 +1,116 @@
+"""FreqCa Accelerate with what users combine it with (issue 17), inside real ComfyUI on the trained testbed:
+Skip Layer Guidance (ComfyUI's ``SkipLayerGuidanceDiT``), few-step runs, ControlNets that start or end
+mid-run, torch.compile (ComfyUI's ``TorchCompileModel``) and other caches in the chain. Numbers are from
+``python3 -m freqca_lab.comfy.measure_compat``.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from freqca_lab.comfy.harness import sample
+from freqca_lab.comfy.measure_compat import accelerate, cosine, psnr, skip_layer_guidance
+from freqca_lab.comfy.testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+RUN = dict(cfg=3.0, seed=5)
+
+
+@pytest.fixture(scope="module")
+def testbed(comfyui):
+    return build_testbed_flux()
+
+
+@pytest.fixture(scope="module")
+def prompt(comfyui):
+    return prompt_conditioning(0)
+
+
+# -------------------------------------------------------------------------------------- Skip Layer Guidance
+
+
+@pytest.mark.parametrize("end", [0.15, 0.6])
+def test_skip_layer_guidance_keeps_its_effect(pack, testbed, prompt, end, caplog):
+    """SLG's pass (same sigma, the positive stream, blocks skipped) has its own CRF history: its effect
+    survives caching (before: cosine -0.23 / -0.35, PSNR 20.8 / 15.1 dB) and the fidelity stays that of the
+    run without SLG (25.0 dB; with SLG 26.5 dB over 1-15%, 23.8 dB over 1-60%). Either order of the nodes."""
+    run = dict(RUN, steps=28, latent=pixel_latent())
+    slg = skip_layer_guidance(testbed, 0.01, end)
+    ref_plain, ref_slg = sample(testbed, *prompt, **run), sample(slg, *prompt, **run)
+    fast_plain = sample(accelerate(testbed), *prompt, **run)
+    with caplog.at_level(logging.INFO, logger="freqca"):
+        fast_slg = sample(accelerate(slg), *prompt, **run)
+    assert "Skip Layer Guidance" in caplog.text  # the summary says the pass was cached apart
+    assert "did not reach" not in caplog.text
+    assert cosine(fast_slg - fast_plain, ref_slg - ref_plain) > 0.8
+    assert psnr(fast_slg, ref_slg) > psnr(fast_plain, ref_plain) - 1.5
+    assert torch.equal(sample(skip_layer_guidance(accelerate(testbed), 0.01, end), *prompt, **run), fast_slg)
+
+
+# ---------------------------------------------------------------------------------------------- short runs
+
+
+@pytest.mark.parametrize("steps, min_psnr", [(7, 30), (8, 30), (12, 30)])
+def test_few_step_runs_with_the_defaults(pack, testbed, prompt, steps, min_psnr, caplog):
+    """The defaults (warm-up 3, interval 6) on a short run: fitted to it (before: FFFcccc at 7 steps,
+    6.5 dB; 8 steps 6.3 dB; 12 steps 11.7 dB; now 33.6, 32.7, 31.9 dB), the fit stated in the summary."""
+    run = dict(RUN, steps=steps, latent=pixel_latent())
+    reference = sample(testbed, *prompt, **run)
+    with caplog.at_level(logging.INFO, logger="freqca"):
+        fast = sample(accelerate(testbed), *prompt, **run)
+    assert f"short run of {steps} steps" in caplog.text
+    assert psnr(fast, reference) > min_psnr
+    assert "c" in caplog.text.split("[")[-1].split("]")[0]  # some steps were still cached
+
+
+def test_four_steps_run_uncached(pack, testbed, prompt, caplog):
+    """A 4-step run (schnell) is too short to cache: exact, and the summary says why."""
+    run = dict(RUN, steps=4, latent=pixel_latent())
+    with caplog.at_level(logging.INFO, logger="freqca"):
+        fast = sample(accelerate(testbed), *prompt, **run)
+    assert torch.equal(fast, sample(testbed, *prompt, **run))
+    assert "too short to cache" in caplog.text
+
+
+def test_few_step_custom_sigmas_with_heun(pack, testbed, prompt):
+    """A 7-sigma custom schedule (6 steps) with heun (two calls per step): before 5.7 dB, now 26.9 dB."""
+    import comfy.sample
+    import comfy.samplers
+
+    latent = pixel_latent()
+    noise = comfy.sample.prepare_noise(latent, 5)
+    sigmas = torch.tensor([1.0, 0.9, 0.75, 0.55, 0.35, 0.15, 0.0])
+
+    def run(model):
+        return comfy.sample.sample_custom(model, noise, 3.0, comfy.samplers.sampler_object("heun"), sigmas,
+                                          *prompt, latent, disable_pbar=True, seed=5)
+
+    assert psnr(run(accelerate(testbed)), run(testbed)) > 25  # 26.9 dB (FcFcFF)
+
+
+# ------------------------------------------------------------------------------- ControlNet start and end
+
+
+def test_controlnet_that_ends_or_starts_mid_run(pack, testbed, prompt, caplog):
+    """A ControlNet (ComfyUI's ControlNetApplyAdvanced, a weightless ControlBase with a real ControlNet's
+    timing) ending or starting at 50%: the call after the switch runs full and later forecasts use features
+    of the same control only. Relative L1 to the uncached run: whole run 0.043; ending at 50% 0.411 before,
+    0.143 now; starting at 50% 0.194 before, 0.083 now."""
+    from freqca_lab.comfy.harness import rel_l1
+    from freqca_lab.comfy.measure_compat import apply_control, projection_control
+
+    run = dict(RUN, steps=28, latent=pixel_latent())
+    control = projection_control(96, 3)
+    errors = {}
+    for start, end in ((0.0, 1.0), (0.0, 0.5), (0.5, 1.0)):
+        controlled = apply_control(prompt, control, start, end)
+        reference = sample(testbed, *controlled, **run)
+        assert rel_l1(reference, sample(testbed, *prompt, **run)) > 0.05  # the control matters
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="freqca"):
+            errors[start, end] = rel_l1(sample(accelerate(testbed), *controlled, **run), reference)
+        assert ("active set changed" in caplog.text) == (end - start < 1)
+    assert errors[0.0, 1.0] < 0.06
+    assert errors[0.0, 0.5] < 0.2 and errors[0.5, 1.0] < 0.12
