@@ -32,6 +32,8 @@ class FixedSchedule(StepSchedule):
     ``(i - origin + 1) % interval == 0`` (so the last warm-up step opens the first cycle, as in the
     official code: warm-up 3, interval 6 → full steps 0, 1, 2, 8, 14, …), if ``i >= end * n``, or if it is
     one of the ``final_full`` last steps. Step 0 is always full (nothing to forecast from before it).
+    With ``fit_short_runs`` a run too short for these settings uses the schedule ``for_run`` gives instead
+    (the node sets it; research scripts that time or compare exact patterns leave it off).
     """
 
     warmup: int = 3
@@ -39,6 +41,7 @@ class FixedSchedule(StepSchedule):
     final_full: int = 0
     start: float = 0.0
     end: float = 1.0
+    fit_short_runs: bool = False
 
     def __post_init__(self) -> None:
         check_int("warmup_steps", self.warmup, 0, 1000)
@@ -67,8 +70,8 @@ class FixedSchedule(StepSchedule):
         return n_steps is not None and (step >= self.end * n_steps - 1e-9 or step >= n_steps - self.final_full)
 
     def start_run(self, locator: StepLocator) -> ScheduleRun:
-        """This schedule's decisions for one run, fitted to the run's length (``for_run``)."""
-        return FixedRun(self.for_run(locator.n_steps), locator.n_steps)
+        """This schedule's decisions for one run (with ``fit_short_runs``: fitted to its length, ``for_run``)."""
+        return FixedRun(self.for_run(locator.n_steps) if self.fit_short_runs else self, locator.n_steps)
 
     def is_short(self, n_steps: int | None) -> bool:
         """Whether a run of ``n_steps`` cannot hold the warm-up and two full cycles (``warmup + 2 * interval``
@@ -88,9 +91,9 @@ class FixedSchedule(StepSchedule):
                        interval=min(self.interval, max(2, n_steps // 4)), final_full=max(self.final_full, 1))
 
     def fit_text(self, n_steps: int | None) -> str:
-        """What ``for_run`` changed for a run of ``n_steps``, for the run summary; "" when nothing."""
+        """What ``for_run`` changed for a run of ``n_steps``, for the run summary; "" when nothing (or off)."""
         fitted = self.for_run(n_steps)
-        if fitted == self:
+        if fitted == self or not self.fit_short_runs:
             return ""
         if fitted.interval == 1:
             return f"{n_steps} steps: too short to cache (under {MIN_CACHED_STEPS}), every step full"

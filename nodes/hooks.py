@@ -92,13 +92,21 @@ class FreqCaSettings:
             except ValueError as exc:
                 raise ValueError(f"gates_file: {exc}") from exc
         elif self.schedule == "fixed":
-            schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
+            schedule = FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end,
+                                     fit_short_runs=True)
         elif self.schedule == "adaptive":
             schedule = AdaptiveSchedule(self.tolerance, self.warmup, max_gap=self.interval,
                                         final_full=self.final_full, start=self.start, end=self.end)
         else:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         return CacheController(method, schedule, offload_device=offload)
+
+
+_eager = torch.compiler.disable(reason="FreqCa's controller: Python bookkeeping, kept out of compiled graphs")
+"""RunState's entry points run eagerly under torch.compile (``TorchCompileModel``): dynamo would otherwise trace
+the controller and specialise the graph on its state (sigmas, history lengths, stream keys), recompiling at
+almost every step. The wrapper and block patch skip only their own frame (``recursive=False``), so the model
+and its blocks, which they call, stay compiled."""
 
 
 class RunState:
@@ -122,6 +130,21 @@ class RunState:
         self.recorded = False  # the call in flight reached our last block's record
         self.missed = 0  # calls our first block did not plan or our last block did not record
 
+    @_eager
+    def begin_call(self, executor, args: tuple, kwargs: dict) -> None:
+        """In the diffusion-model wrapper, before the call: the token layout of its image (None if unreadable:
+        the call runs uncached) and its ControlNet signature."""
+        family = self.settings.family
+        try:
+            model = executor.class_obj.diffusion_model if family.wrapper == "apply_model" else executor.class_obj
+            call = call_arguments(executor.original, args, kwargs)
+            self.layout = family.layout(call, model)
+            self.note_control(control_signature(call.get("control")))
+        except Exception as exc:  # an unexpected input shape: run this call uncached
+            log.warning("FreqCa: cannot read the token layout (%r); running uncached", exc)
+            self.layout = None
+
+    @_eager
     def open_call(self, args: dict) -> None:
         """At the first block: plan the call from its sigma, streams, batch and image token count."""
         options = args["transformer_options"]
@@ -175,6 +198,7 @@ class RunState:
                              f"of width {img.shape[-1]}")
         self.plan.crf = crf
 
+    @_eager
     def end_call(self, active: bool) -> None:
         """After a model call FreqCa was to handle: count (and warn once) if our first block did not plan it
         or our last block did not record it, i.e. another node replaced those patches after ours."""
@@ -186,6 +210,7 @@ class RunState:
         self.recorded = False
         self.embedding = self.attention_call = None
 
+    @_eager
     def finish_call(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         """The model output of the call after the method's output handling (FRDiff's mixing, FEB-Cache's
         exposure scaling of a flow model's velocity given its input ``x``); unchanged on failure."""
@@ -197,6 +222,7 @@ class RunState:
             log.warning("FreqCa: output mixing failed (%r); using the computed output", exc)
             return out
 
+    @_eager
     def cached_output(self, args: dict) -> dict:
         """The last block's output at a cached call: its input with the image rows set to the forecast."""
         img = args["img"]
@@ -212,6 +238,7 @@ class RunState:
         """The ``n_img`` image rows of a block's ``img`` stream ``[B, rows, D]``."""
         return img[:, : self.n_img] if self.settings.family.image_rows == "first" else img[:, img.shape[1] - self.n_img:]
 
+    @_eager
     def record(self, out: dict) -> None:
         self.controller.record(self.plan, self.image_rows(out["img"]), embedding=self.embedding)
 
@@ -319,6 +346,7 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
         guider.model_options = original_options
 
 
+@torch.compiler.disable(recursive=False, reason="FreqCa's per-call bookkeeping")
 def _diffusion_model_wrapper(executor, *args, **kwargs):
     """Note the token layout of this call's image; the block patches act only while it is set."""
     options = args[-1] if isinstance(args[-1], dict) else kwargs.get("transformer_options", {})
@@ -326,16 +354,7 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
     if state is None:
         return executor(*args, **kwargs)
     family = state.settings.family
-    model = executor.class_obj
-    try:
-        if family.wrapper == "apply_model":
-            model = model.diffusion_model
-        call = call_arguments(executor.original, args, kwargs)
-        state.layout = family.layout(call, model)
-        state.note_control(control_signature(call.get("control")))
-    except Exception as exc:  # an unexpected input shape: run this call uncached
-        log.warning("FreqCa: cannot read the token layout (%r); running uncached", exc)
-        state.layout = None
+    state.begin_call(executor, args, kwargs)
     try:
         out = executor(*args, **kwargs)
         flow_velocity = family.wrapper != "apply_model" and state.settings.flow  # apply_model returns x0
@@ -351,6 +370,7 @@ def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | 
     def run_block(args: dict, extra: dict) -> dict:
         return prior(args, extra) if prior is not None else extra["original_block"](args)
 
+    @torch.compiler.disable(recursive=False, reason="FreqCa's full/cached decision")
     def freqca_block(args: dict, extra: dict) -> dict:
         state: RunState | None = args.get("transformer_options", {}).get(RUN_KEY)
         if state is None or state.layout is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -360,7 +361,7 @@ def test_locator_float32_round_trip_of_a_long_schedule():
 
 # ===================================================================================== short runs (issue 17)
 def _timeline(schedule: FixedSchedule, n: int) -> str:
-    run = schedule.start_run(StepLocator([1.0 - i / n for i in range(n + 1)]))
+    run = replace(schedule, fit_short_runs=True).start_run(StepLocator([1.0 - i / n for i in range(n + 1)]))
     return "".join("F" if run.is_full(i) else "c" for i in range(n))
 
 
@@ -371,7 +372,9 @@ def test_short_runs_are_fitted_with_the_defaults(n, expected):
     under MIN_CACHED_STEPS steps nothing is cached. The defaults would give FFFcccc at 7 steps."""
     assert FixedSchedule().is_short(n)
     assert _timeline(FixedSchedule(), n) == expected
-    assert FixedSchedule().fit_text(n)
+    assert FixedSchedule(fit_short_runs=True).fit_text(n) and not FixedSchedule().fit_text(n)
+    off = FixedSchedule().start_run(StepLocator([1.0 - i / n for i in range(n + 1)]))  # off: the pattern as set
+    assert [i for i in range(n) if off.is_full(i)] == FixedSchedule().full_steps(n)
 
 
 def test_long_runs_and_interval_one_are_unchanged():
