@@ -34,6 +34,7 @@ from ..freqca_core.feb import FEBMethod, FEBSchedule, default_table
 from ..freqca_core.frdiff import GateSchedule
 from ..freqca_core.validation import check_int
 from .families import BlockKey, DitFamily, call_arguments
+from .other_caches import OtherCache, describe, other_caches
 
 log = logging.getLogger("freqca")
 
@@ -121,6 +122,8 @@ class RunState:
         self.variants: set[tuple[BlockKey, ...]] = set()  # block sets replaced in some calls (pass_variant)
         self.control: tuple = ()  # control_signature of the call in flight
         self.controls: set[tuple] = set()  # those seen in this run
+        self.others: list[OtherCache] = []  # other caches applied to the model (note_other_caches)
+        self.skipped = 0  # calls another cache skipped or ran itself
         self.layout: TokenLayout | None = None  # image tokens known from the latent of the call in flight
         self.plan: CallPlan | None = None
         self.embedding: torch.Tensor | None = None  # the call's image rows entering the first block
@@ -174,6 +177,14 @@ class RunState:
             mode = "full" if self.plan.full else "cached"
             log.info("FreqCa: sigma %.4f step %s %s %s", sigma, self.plan.step, mode, self.plan.reason)
 
+    def note_other_caches(self, caches: list[OtherCache]) -> None:
+        """At the run's start: other caches applied to the model, named in the log and the run summary."""
+        self.others = caches
+        note = describe(caches)
+        if note:
+            self.notes.append(note)
+            (log.warning if any(c.replaces for c in caches) else log.info)("FreqCa: %s", note)
+
     def note_control(self, control: tuple) -> None:
         """Take the control signature of the call in flight; say in the summary when it changed in the run."""
         self.control = control
@@ -201,12 +212,16 @@ class RunState:
     @_eager
     def end_call(self, active: bool) -> None:
         """After a model call FreqCa was to handle: count (and warn once) if our first block did not plan it
-        or our last block did not record it, i.e. another node replaced those patches after ours."""
+        or our last block did not record it, i.e. another node replaced those patches after ours; with another
+        cache on the model (``others``), count it as that cache's (it skipped the call or ran the blocks)."""
         if active and (self.plan is None or (self.plan.full and self.plan.step is not None and not self.recorded)):
-            self.missed += 1
-            if self.missed == 1:
-                log.warning("FreqCa: a model call did not reach FreqCa's first or last block patch (replaced by "
-                            "another node applied after FreqCa Accelerate?); such calls run uncached")
+            if self.others:  # another cache skipped the call or ran the blocks itself (named in the summary)
+                self.skipped += 1
+            else:
+                self.missed += 1
+                if self.missed == 1:
+                    log.warning("FreqCa: a model call did not reach FreqCa's first or last block patch (replaced by "
+                                "another node applied after FreqCa Accelerate?); such calls run uncached")
         self.recorded = False
         self.embedding = self.attention_call = None
 
@@ -289,6 +304,9 @@ class RunState:
             text += f"; {r['fallbacks']} calls fell back to full compute"
         if self.missed:
             text += f"; {self.missed} calls ran uncached: a FreqCa block patch was replaced by another node"
+        if self.skipped:
+            names = " or ".join(c.name for c in self.others)
+            text += f"; {self.skipped} calls skipped or run by {names}, not by FreqCa"
         return "; ".join([text] + r["notes"])
 
 
@@ -335,6 +353,7 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
     settings: FreqCaSettings = options[SETTINGS_KEY]
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     state = RunState(settings, sigmas)
+    state.note_other_caches(other_caches(guider.model_options))
     options[RUN_KEY] = state
     try:
         return executor(*args, **kwargs)

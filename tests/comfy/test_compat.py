@@ -182,3 +182,78 @@ def test_torch_compile_recompiles_as_without_freqca(pack, recompiles):
                   accelerate(compiled(flux), method="taylor"), accelerate(compiled(flux), method="reuse")):
         sample(model, *conds, **run)
     assert recompiles.recompiles - first <= 2 and recompiles.limits == 0
+
+
+# ------------------------------------------------------------------------------------------- other caches
+
+
+@pytest.mark.parametrize("order", ["freqca first", "easycache first"])
+def test_core_easycache_in_the_chain_is_named(pack, testbed, prompt, order, caplog):
+    """ComfyUI's EasyCache skips some model calls; FreqCa's summary names it and counts the calls it skipped
+    (applied after FreqCa, it skips inside FreqCa's wrapper), instead of blaming a replaced block patch."""
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    def easycache(model):
+        return EasyCacheNode.execute(model, 0.2, 0.15, 0.95, False).result[0]
+
+    model = easycache(accelerate(testbed)) if order == "freqca first" else accelerate(easycache(testbed))
+    with caplog.at_level(logging.INFO, logger="freqca"):
+        sample(model, *prompt, **dict(RUN, steps=28, latent=pixel_latent()))
+    assert "EasyCache also caches this model" in caplog.text
+    assert "did not reach" not in caplog.text and "replaced by another node" not in caplog.text
+    assert ("skipped or run by EasyCache" in caplog.text) == (order == "freqca first")
+
+
+def test_core_lazycache_in_the_chain_is_named(pack, testbed, prompt, caplog):
+    from comfy_extras.nodes_easycache import LazyCacheNode
+
+    model = LazyCacheNode.execute(accelerate(testbed), 0.2, 0.15, 0.95, False).result[0]
+    with caplog.at_level(logging.INFO, logger="freqca"):
+        sample(model, *prompt, **dict(RUN, steps=28, latent=pixel_latent()))
+    assert "LazyCache also caches this model" in caplog.text and "did not reach" not in caplog.text
+
+
+def _forward_replacing_wrapper(model_function, kwargs):
+    """What TeaCache, MagCache and First Block Cache do to a call (stand-in, no caching): run the model with
+    their own forward, here the model's without ``patches_replace``, so no block patch runs."""
+    c = dict(kwargs["c"])
+    c["transformer_options"] = {k: v for k, v in c["transformer_options"].items() if k != "patches_replace"}
+    return model_function(kwargs["input"], kwargs["timestep"], **c)
+
+
+class ApplyFBCacheOnModel:
+    """Stand-in for WaveSpeed's node: its ``model_function_wrapper`` is defined in ``ApplyFBCacheOnModel.patch``
+    (the marker FreqCa recognises) and replaces the model's forward for the call."""
+
+    def patch(self, model):
+        def model_unet_function_wrapper(model_function, kwargs):
+            return _forward_replacing_wrapper(model_function, kwargs)
+
+        model = model.clone()
+        model.set_model_unet_function_wrapper(model_unet_function_wrapper)
+        return model
+
+
+def teacache_like(model, **markers):
+    """A clone with TeaCache's or MagCache's ``transformer_options`` markers and a forward-replacing wrapper."""
+    model = model.clone()
+    model.model_options["transformer_options"].update(markers)
+    model.set_model_unet_function_wrapper(_forward_replacing_wrapper)
+    return model
+
+
+@pytest.mark.parametrize("name, apply", [
+    ("First Block Cache (WaveSpeed)", lambda m: ApplyFBCacheOnModel().patch(m)),
+    ("TeaCache", lambda m: teacache_like(m, rel_l1_thresh=0.4, coefficients=[1.0, 0.0])),
+    ("MagCache", lambda m: teacache_like(m, magcache_thresh=0.24, mag_ratios=torch.ones(4))),
+])
+def test_forward_replacing_caches_are_named(pack, testbed, prompt, name, apply, caplog):
+    """A cache that replaces the model's forward bypasses FreqCa (its block patches never run): the log and the
+    summary name that cache and say so, instead of "did not reach FreqCa's first or last block patch"."""
+    run = dict(RUN, steps=8, latent=pixel_latent())
+    with caplog.at_level(logging.INFO, logger="freqca"):
+        out = sample(apply(accelerate(testbed)), *prompt, **run)
+    assert torch.equal(out, sample(testbed, *prompt, **run))  # the stand-in computes every call
+    assert f"{name} replaces the model's forward" in caplog.text and "bypassed" in caplog.text
+    assert f"skipped or run by {name}" in caplog.text
+    assert "did not reach" not in caplog.text
