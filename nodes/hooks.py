@@ -120,6 +120,9 @@ class RunState:
         self.controller.start_run(sample_sigmas)
         self.notes: list[str] = [short_run_note(self.controller.schedule, n_steps)]  # for the run summary
         self.variants: set[tuple[BlockKey, ...]] = set()  # block sets replaced in some calls (pass_variant)
+        self.base_variant: tuple[BlockKey, ...] = ()  # pass_variant of the model's own options (every call)
+        self.variant: tuple[BlockKey, ...] = ()  # pass_variant of the call in flight
+        self.variant_uncached = 0  # guidance passes that replaced our first or last block: computed in full
         self.control: tuple = ()  # control_signature of the call in flight
         self.controls: set[tuple] = set()  # those seen in this run
         self.others: list[OtherCache] = []  # other caches applied to the model (note_other_caches)
@@ -143,6 +146,7 @@ class RunState:
             call = call_arguments(executor.original, args, kwargs)
             self.layout = family.layout(call, model)
             self.note_control(control_signature(call.get("control")))
+            self.variant = pass_variant(call.get("transformer_options") or {})
         except Exception as exc:  # an unexpected input shape: run this call uncached
             log.warning("FreqCa: cannot read the token layout (%r); running uncached", exc)
             self.layout = None
@@ -158,10 +162,9 @@ class RunState:
         layout = TokenLayout(known.segments + TokenLayout.of(extra).segments) if extra > 0 else (
             known if extra == 0 else TokenLayout.grid(self.n_img))
         streams = options.get("uuids") or options.get("cond_or_uncond") or [0]
-        variant = pass_variant(options)
-        if variant:  # e.g. Skip Layer Guidance's pass: its own CRF history per stream, never the stream's
-            streams = [(stream, variant) for stream in streams]
-            self.note_variant(variant)
+        if self.variant != self.base_variant:  # e.g. Skip Layer Guidance's pass: its own CRF history per stream
+            streams = [(stream, self.variant) for stream in streams]
+            self.note_variant(self.variant)
         if self.control:  # a ControlNet's active set: a new one starts a new history (its first call runs full)
             streams = [(stream, self.control) for stream in streams]
         sigma = float(options["sigmas"].flatten()[0])
@@ -199,7 +202,8 @@ class RunState:
         if variant not in self.variants:
             self.variants.add(variant)
             blocks = ", ".join(f"{kind} {index}" for kind, index in variant)
-            self.notes.append(f"a pass with {blocks} replaced (e.g. Skip Layer Guidance) cached on its own")
+            self.notes.append(f"a pass with {blocks} replaced (e.g. Skip Layer Guidance) cached on its own "
+                              f"(computed in full when FreqCa's first or last block is among them)")
 
     def prepare_cached(self, img: torch.Tensor) -> None:
         """At the first block of a cached call: the forecast on the call's device and dtype, shape checked."""
@@ -215,7 +219,10 @@ class RunState:
         or our last block did not record it, i.e. another node replaced those patches after ours; with another
         cache on the model (``others``), count it as that cache's (it skipped the call or ran the blocks)."""
         if active and (self.plan is None or (self.plan.full and self.plan.step is not None and not self.recorded)):
-            if self.others:  # another cache skipped the call or ran the blocks itself (named in the summary)
+            if self.variant != self.base_variant:  # a guidance pass that replaced our first or last block
+                self.variant_uncached += 1
+                self.note_variant(self.variant)
+            elif self.others:  # another cache skipped the call or ran the blocks itself (named in the summary)
                 self.skipped += 1
             else:
                 self.missed += 1
@@ -304,6 +311,8 @@ class RunState:
             text += f"; {r['fallbacks']} calls fell back to full compute"
         if self.missed:
             text += f"; {self.missed} calls ran uncached: a FreqCa block patch was replaced by another node"
+        if self.variant_uncached:
+            text += f"; {self.variant_uncached} guidance-pass calls computed in full"
         if self.skipped:
             names = " or ".join(c.name for c in self.others)
             text += f"; {self.skipped} calls skipped or run by {names}, not by FreqCa"
@@ -315,10 +324,11 @@ def pass_variant(options: dict) -> tuple[BlockKey, ...]:
 
     A guidance pass that runs the model with some blocks replaced (ComfyUI's ``SkipLayerGuidanceDiT`` puts an
     identity patch on the skipped blocks of a copy of the model options, for its call only) reaches the same
-    stream (cond uuid) at the same sigma as the plain pass, yet computes other features: it gets its own CRF
-    history, keyed by this tuple, so it never replaces the stream's CRF and at cached steps is forecast from
-    its own full steps (or computed, before it has any). A patch another node put over ours for every call gives
-    every call the same tuple, so caching goes on as before."""
+    stream (cond uuid) at the same sigma as the plain pass, yet computes other features: when this tuple differs
+    from the model's own, the pass gets its own CRF history, keyed by it, so it never replaces the stream's CRF
+    and at cached steps is forecast from its own full steps (or computed, before it has any; always, when our
+    first or last block is among the replaced ones: the call is then not ours to plan or record). A patch another node put over ours for every call is in
+    the model's own options too (``RunState.base_variant``): such calls are no separate pass."""
     dit = options.get("patches_replace", {}).get("dit", {})
     return tuple(sorted(key for key, patch in dit.items() if not hasattr(patch, "freqca_prior")))
 
@@ -354,6 +364,7 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     state = RunState(settings, sigmas)
     state.note_other_caches(other_caches(guider.model_options))
+    state.base_variant = pass_variant(options)
     options[RUN_KEY] = state
     try:
         return executor(*args, **kwargs)
