@@ -327,8 +327,9 @@ def pass_variant(options: dict) -> tuple[BlockKey, ...]:
     stream (cond uuid) at the same sigma as the plain pass, yet computes other features: when this tuple differs
     from the model's own, the pass gets its own CRF history, keyed by it, so it never replaces the stream's CRF
     and at cached steps is forecast from its own full steps (or computed, before it has any; always, when our
-    first or last block is among the replaced ones: the call is then not ours to plan or record). A patch another node put over ours for every call is in
-    the model's own options too (``RunState.base_variant``): such calls are no separate pass."""
+    first or last block is among the replaced ones: the call is then not ours to plan or record). A patch another
+    node put over ours for every call is in the model's own options too (``RunState.base_variant``): such calls
+    are no separate pass."""
     dit = options.get("patches_replace", {}).get("dit", {})
     return tuple(sorted(key for key, patch in dit.items() if not hasattr(patch, "freqca_prior")))
 

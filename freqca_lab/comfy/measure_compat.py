@@ -1,5 +1,6 @@
 """Issue 17 measurements on the trained testbed inside ComfyUI: FreqCa with Skip Layer Guidance (ComfyUI's
-``SkipLayerGuidanceDiT``), with few-step runs, and with a ControlNet-like control that ends mid-run.
+``SkipLayerGuidanceDiT``), with a ControlNet that starts or ends mid-run (ComfyUI's ``ControlNetApplyAdvanced``)
+and with few-step runs, each against the same workflow uncached.
 
     COMFYUI_PATH=/path/to/ComfyUI python3 -m freqca_lab.comfy.measure_compat
 
@@ -123,7 +124,8 @@ def main() -> None:
     print("ControlNet rel L1 to uncached: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
     for steps in (4, 7, 8, 12, 28):
         run = dict(RUN, steps=steps, latent=latent)
-        print(f"{steps} steps, defaults: {psnr(sample(accelerate(testbed), *conds, **run), sample(testbed, *conds, **run)):.1f} dB")
+        fast, reference = sample(accelerate(testbed), *conds, **run), sample(testbed, *conds, **run)
+        print(f"{steps} steps, defaults: {psnr(fast, reference):.1f} dB")
 
 
 if __name__ == "__main__":
