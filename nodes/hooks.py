@@ -430,11 +430,19 @@ def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | 
     return freqca_block
 
 
+@_eager
+def _through_cache(call, kernel: Callable, *args, **kwargs):
+    """``call(kernel, *args, **kwargs)``: an attention kernel stored or served by the run's ``AttentionCall``
+    (FEB-Cache), eagerly: under torch.compile its bookkeeping would otherwise be traced and specialised on."""
+    return call(kernel, *args, **kwargs)
+
+
 def _make_attention_override(prior: Callable | None) -> Callable:
     """``transformer_options["optimized_attention_override"]``: during a FEB-Cache call whose plan stores or
     serves attention, every attention kernel goes through the run's ``AttentionCall``; otherwise (and to
     compute) through ``prior`` (an override another node set before ours) or the kernel itself."""
 
+    @torch.compiler.disable(recursive=False, reason="FreqCa's attention routing")
     def freqca_attention(func, *args, **kwargs):
         kernel = functools.partial(prior, func) if prior is not None else func
         options = kwargs.get("transformer_options") or {}
@@ -442,7 +450,7 @@ def _make_attention_override(prior: Callable | None) -> Callable:
         call = state.attention_call if state is not None else None
         if call is None:
             return kernel(*args, **kwargs)
-        return call(kernel, *args, **kwargs)
+        return _through_cache(call, kernel, *args, **kwargs)
 
     freqca_attention.freqca_prior = prior
     return freqca_attention

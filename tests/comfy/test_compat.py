@@ -172,7 +172,7 @@ def test_torch_compile_recompiles_as_without_freqca(pack, recompiles):
     """ComfyUI's TorchCompileModel before or after the node: FreqCa's decisions run outside the compiled
     graphs, so a cached run recompiles about as often as an uncached one (small Flux, 8 steps, cfg: 5 uncached,
     7 with FreqCa; before: 15, then 4 more and the recompile limit hit on the next run) and neither a second
-    run nor changed node settings recompile. Backend "eager": dynamo's tracing and guards, which decide
+    run nor changed node settings recompile (FEB-Cache's attention override included: 18 before). Backend "eager": dynamo's tracing and guards, which decide
     recompiles, are the same for every backend; this one needs no C compiler and compiles fastest."""
     from comfy_extras.nodes_torch_compile import TorchCompileModel
 
@@ -193,7 +193,7 @@ def test_torch_compile_recompiles_as_without_freqca(pack, recompiles):
     assert first <= plain + 3, (first, plain)
     assert 0 < torch.nn.functional.l1_loss(out, reference) / reference.abs().mean() < 0.1  # cached, close
     for model in (accelerate(compiled(flux)), compiled(accelerate(flux)), accelerate(compiled(flux), interval=3),
-                  accelerate(compiled(flux), method="taylor"), accelerate(compiled(flux), method="reuse")):
+                  accelerate(compiled(flux), method="taylor"), accelerate(compiled(flux), method="feb")):
         sample(model, *conds, **run)
     assert recompiles.recompiles - first <= 2 and recompiles.limits == 0
 
