@@ -42,6 +42,7 @@ class CacheConfig:
     feb_table: CacheTable | None = None  # FEB-Cache: a derived table instead of ``feb_level``'s default
     gates: GateSchedule | None = None  # FRDiff: Auto-FR gates that replace the schedule
     offload: bool = False
+    fit_short_runs: bool = False  # fixed schedule: fit runs too short for it (``FixedSchedule.for_run``)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -58,7 +59,7 @@ class CacheConfig:
         if self.schedule == "adaptive":
             return AdaptiveSchedule(self.tolerance, self.warmup, max_gap=self.interval, final_full=self.final_full,
                                     start=self.start, end=self.end)
-        return FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end)
+        return FixedSchedule(self.warmup, self.interval, self.final_full, self.start, self.end, self.fit_short_runs)
 
     def new_controller(self, n_steps: int | None = None, transform: str = "dct") -> CacheController:
         """A controller for one run of ``n_steps`` steps (None: unknown) on a grid split by ``transform``."""

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .validation import check_float, check_int
+
+MIN_CACHED_STEPS = 5  # shorter runs are not cached: at most one step could be skipped, at a large error
 
 
 class StepSchedule:
@@ -37,6 +39,8 @@ class FixedSchedule(StepSchedule):
     ``(i - origin + 1) % interval == 0`` (so the last warm-up step opens the first cycle, as in the
     official code: warm-up 3, interval 6 → full steps 0, 1, 2, 8, 14, …), if ``i >= end * n``, or if it is
     one of the ``final_full`` last steps. Step 0 is always full (nothing to forecast from before it).
+    With ``fit_short_runs`` a run too short for these settings uses the schedule ``for_run`` gives instead
+    (the node sets it; research scripts that time or compare exact patterns leave it off).
     """
 
     warmup: int = 3
@@ -44,6 +48,7 @@ class FixedSchedule(StepSchedule):
     final_full: int = 0
     start: float = 0.0
     end: float = 1.0
+    fit_short_runs: bool = False
     kind = "fixed"
 
     @property
@@ -75,6 +80,37 @@ class FixedSchedule(StepSchedule):
         if step < self.origin(n_steps):
             return True
         return n_steps is not None and (step >= self.end * n_steps - 1e-9 or step >= n_steps - self.final_full)
+
+    def start_run(self, locator: StepLocator) -> ScheduleRun:
+        """This schedule's decisions for one run (with ``fit_short_runs``: fitted to its length, ``for_run``)."""
+        return FixedRun(self.for_run(locator.n_steps) if self.fit_short_runs else self, locator.n_steps)
+
+    def is_short(self, n_steps: int | None) -> bool:
+        """Whether a run of ``n_steps`` cannot hold the warm-up and two full cycles (``warmup + 2 * interval``
+        steps and a last one): its cached stretches would be a large part of the run, ending it cached."""
+        return n_steps is not None and self.interval > 1 and n_steps < self.warmup + 2 * self.interval + 1
+
+    def for_run(self, n_steps: int | None) -> FixedSchedule:
+        """The schedule a run of ``n_steps`` steps uses: this one, unless the run is short (``is_short``).
+        A short run of fewer than ``MIN_CACHED_STEPS`` steps runs every step full; a longer one gets
+        ``interval = max(2, n // 4)`` and ``warmup = max(1, n // 4)`` (never more than chosen) and its
+        last step full: 8 steps with the defaults are ``FFcFcFcF``, 12 steps ``FFFccFccFccF``."""
+        if not self.is_short(n_steps):
+            return self
+        if n_steps < MIN_CACHED_STEPS:
+            return replace(self, warmup=n_steps, interval=1)
+        return replace(self, warmup=min(self.warmup, max(1, n_steps // 4)),
+                       interval=min(self.interval, max(2, n_steps // 4)), final_full=max(self.final_full, 1))
+
+    def fit_text(self, n_steps: int | None) -> str:
+        """What ``for_run`` changed for a run of ``n_steps``, for the run summary; "" when nothing (or off)."""
+        fitted = self.for_run(n_steps)
+        if fitted == self or not self.fit_short_runs:
+            return ""
+        if fitted.interval == 1:
+            return f"{n_steps} steps: too short to cache (under {MIN_CACHED_STEPS}), every step full"
+        last = "last step" if fitted.final_full == 1 else f"last {fitted.final_full} steps"
+        return f"short run of {n_steps} steps: warm-up {fitted.warmup}, interval {fitted.interval}, {last} full"
 
 
 class ScheduleRun:

@@ -93,7 +93,7 @@ class FreqCaAccelerate(io.ComfyNode):
             raise ValueError(f"end_percent ({end_percent}) must be >= start_percent ({start_percent})")
         options = options or AdvancedOptions()
         family = detect_family(model.get_model_object("diffusion_model"))
-        cache = CacheConfig(method, interval, warmup_steps, final_full_steps, **options.cache)
+        cache = CacheConfig(method, interval, warmup_steps, final_full_steps, fit_short_runs=True, **options.cache)
         sampling = model.get_model_object("model_sampling")
         settings = FreqCaSettings(cache, float(sampling.percent_to_sigma(start_percent)),
                                   float(sampling.percent_to_sigma(end_percent)), options.verbose,

@@ -29,9 +29,10 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
 
-from ..freqca_core import CacheConfig, CacheController, CallPlan, TokenLayout
+from ..freqca_core import CacheConfig, CacheController, CallPlan, FixedSchedule, TokenLayout
 from ..freqca_core.methods import REGISTRY
 from .families import BlockKey, DitFamily, call_arguments
+from .other_caches import OtherCache, describe, other_caches
 
 log = logging.getLogger("freqca")
 
@@ -64,6 +65,13 @@ class FreqCaSettings:
         return cache.new_controller(n_steps, self.family.transform if self.family is not None else "dct")
 
 
+_eager = torch.compiler.disable(reason="FreqCa's controller: Python bookkeeping, kept out of compiled graphs")
+"""RunState's entry points run eagerly under torch.compile (``TorchCompileModel``): dynamo would otherwise trace
+the controller and specialise the graph on its state (sigmas, history lengths, stream keys), recompiling at
+almost every step. The wrapper and block patch skip only their own frame (``recursive=False``), so the model
+and its blocks, which they call, stay compiled."""
+
+
 class RunState:
     """State of one sampling run: the controller, and the call in flight (its grid and plan)."""
 
@@ -72,6 +80,15 @@ class RunState:
         sigmas = sample_sigmas.detach().float().cpu().tolist() if sample_sigmas is not None else None
         self.controller = settings.new_controller(sigmas)
         self.controller.start_run(sigmas)
+        self.notes: list[str] = [short_run_note(self.controller.schedule, self.controller.locator.n_steps)]  # summary
+        self.variants: set[tuple[BlockKey, ...]] = set()  # block sets replaced in some calls (pass_variant)
+        self.base_variant: tuple[BlockKey, ...] = ()  # pass_variant of the model's own options (every call)
+        self.variant: tuple[BlockKey, ...] = ()  # pass_variant of the call in flight
+        self.variant_uncached = 0  # guidance passes that replaced our first or last block: computed in full
+        self.control: tuple = ()  # control_signature of the call in flight
+        self.controls: set[tuple] = set()  # those seen in this run
+        self.others: list[OtherCache] = []  # other caches applied to the model (note_other_caches)
+        self.skipped = 0  # calls another cache skipped or ran itself
         self.layout: TokenLayout | None = None  # image tokens known from the latent of the call in flight
         self.plan: CallPlan | None = None
         self.embedding: torch.Tensor | None = None  # the call's image rows entering the first block
@@ -81,6 +98,22 @@ class RunState:
         self.recorded = False  # the call in flight reached our last block's record
         self.missed = 0  # calls our first block did not plan or our last block did not record
 
+    @_eager
+    def begin_call(self, executor, args: tuple, kwargs: dict) -> None:
+        """In the diffusion-model wrapper, before the call: the token layout of its image (None if unreadable:
+        the call runs uncached) and its ControlNet signature."""
+        family = self.settings.family
+        try:
+            model = executor.class_obj.diffusion_model if family.wrapper == "apply_model" else executor.class_obj
+            call = call_arguments(executor.original, args, kwargs)
+            self.layout = family.layout(call, model)
+            self.note_control(control_signature(call.get("control")))
+            self.variant = pass_variant(call.get("transformer_options") or {})
+        except Exception as exc:  # an unexpected input shape: run this call uncached
+            log.warning("FreqCa: cannot read the token layout (%r); running uncached", exc)
+            self.layout = None
+
+    @_eager
     def open_call(self, args: dict) -> None:
         """At the first block: plan the call from its sigma, streams, batch and image token count."""
         options = args["transformer_options"]
@@ -91,6 +124,11 @@ class RunState:
         layout = TokenLayout(known.segments + TokenLayout.of(extra).segments) if extra > 0 else (
             known if extra == 0 else TokenLayout.grid(self.n_img))
         streams = options.get("uuids") or options.get("cond_or_uncond") or [0]
+        if self.variant != self.base_variant:  # e.g. Skip Layer Guidance's pass: its own CRF history per stream
+            streams = [(stream, self.variant) for stream in streams]
+            self.note_variant(self.variant)
+        if self.control:  # a ControlNet's active set: a new one starts a new history (its first call runs full)
+            streams = [(stream, self.control) for stream in streams]
         sigma = float(options["sigmas"].flatten()[0])
         self.embedding = self.image_rows(img)
         self.plan = self.controller.plan(sigma, streams, img.shape[0], layout, embedding=self.embedding)
@@ -104,6 +142,31 @@ class RunState:
             mode = "full" if self.plan.full else "cached"
             log.info("FreqCa: sigma %.4f step %s %s %s", sigma, self.plan.step, mode, self.plan.reason)
 
+    def note_other_caches(self, caches: list[OtherCache]) -> None:
+        """At the run's start: other caches applied to the model, named in the log and the run summary."""
+        self.others = caches
+        note = describe(caches)
+        if note:
+            self.notes.append(note)
+            (log.warning if any(c.replaces for c in caches) else log.info)("FreqCa: %s", note)
+
+    def note_control(self, control: tuple) -> None:
+        """Take the control signature of the call in flight; say in the summary when it changed in the run."""
+        self.control = control
+        if control not in self.controls:
+            self.controls.add(control)
+            if len(self.controls) == 2:
+                self.notes.append("the ControlNet's active set changed during the run: full steps there, "
+                                  "forecasts from features of the same set only")
+
+    def note_variant(self, variant: tuple[BlockKey, ...]) -> None:
+        """Say once per run in the summary that passes with other blocks replaced were cached apart."""
+        if variant not in self.variants:
+            self.variants.add(variant)
+            blocks = ", ".join(f"{kind} {index}" for kind, index in variant)
+            self.notes.append(f"a pass with {blocks} replaced (e.g. Skip Layer Guidance) cached on its own "
+                              f"(computed in full when FreqCa's first or last block is among them)")
+
     def prepare_cached(self, img: torch.Tensor) -> None:
         """At the first block of a cached call: the forecast on the call's device and dtype, shape checked."""
         crf = self.plan.crf.to(device=img.device, dtype=img.dtype)
@@ -112,17 +175,26 @@ class RunState:
                              f"of width {img.shape[-1]}")
         self.plan.crf = crf
 
+    @_eager
     def end_call(self, active: bool) -> None:
         """After a model call FreqCa was to handle: count (and warn once) if our first block did not plan it
-        or our last block did not record it, i.e. another node replaced those patches after ours."""
+        or our last block did not record it, i.e. another node replaced those patches after ours; with another
+        cache on the model (``others``), count it as that cache's (it skipped the call or ran the blocks)."""
         if active and (self.plan is None or (self.plan.full and self.plan.step is not None and not self.recorded)):
-            self.missed += 1
-            if self.missed == 1:
-                log.warning("FreqCa: a model call did not reach FreqCa's first or last block patch (replaced by "
-                            "another node applied after FreqCa Accelerate?); such calls run uncached")
+            if self.variant != self.base_variant:  # a guidance pass that replaced our first or last block
+                self.variant_uncached += 1
+                self.note_variant(self.variant)
+            elif self.others:  # another cache skipped the call or ran the blocks itself (named in the summary)
+                self.skipped += 1
+            else:
+                self.missed += 1
+                if self.missed == 1:
+                    log.warning("FreqCa: a model call did not reach FreqCa's first or last block patch (replaced by "
+                                "another node applied after FreqCa Accelerate?); such calls run uncached")
         self.recorded = False
         self.embedding = self.attention_call = None
 
+    @_eager
     def finish_call(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         """The model output of the call after the method's output handling (FRDiff's mixing, FEB-Cache's
         exposure scaling of a flow model's velocity given its input ``x``); unchanged on failure."""
@@ -134,6 +206,7 @@ class RunState:
             log.warning("FreqCa: output mixing failed (%r); using the computed output", exc)
             return out
 
+    @_eager
     def cached_output(self, args: dict) -> dict:
         """The last block's output at a cached call: its input with the image rows set to the forecast."""
         img = args["img"]
@@ -149,6 +222,7 @@ class RunState:
         """The ``n_img`` image rows of a block's ``img`` stream ``[B, rows, D]``."""
         return img[:, : self.n_img] if self.settings.family.image_rows == "first" else img[:, img.shape[1] - self.n_img:]
 
+    @_eager
     def record(self, out: dict) -> None:
         self.controller.record(self.plan, self.image_rows(out["img"]), embedding=self.embedding)
 
@@ -157,8 +231,9 @@ class RunState:
         """The run's numbers for the front-end (``freqca.stats``): ``method``, ``schedule`` (fixed,
         adaptive, table or gates), ``interval``, ``steps``, ``full``, ``attention`` (steps that reused attention),
         ``cached``, ``cache_mb``, ``seconds``, ``timeline`` (``F`` full, ``a`` attention reused, ``c``
-        cached, ``.`` not called), ``fallbacks``, ``missed`` and ``speedup`` (steps / steps whose blocks ran:
-        full and attention-reusing)."""
+        cached, ``.`` not called), ``fallbacks``, ``missed``, ``speedup`` (steps / steps whose blocks ran:
+        full and attention-reusing) and ``notes`` (what the run summary adds: a short run's fitted schedule,
+        other caches or guidance passes met)."""
         stats, cache = self.controller.stats, self.settings.cache
         steps = stats.n_steps if stats.n_steps is not None else len(stats.steps)
         blocks_run = stats.full_steps + stats.attention_steps
@@ -168,7 +243,8 @@ class RunState:
                 "cached": stats.cached_steps, "cache_mb": round(stats.peak_cache_bytes / 2 ** 20, 2),
                 "seconds": round(time.perf_counter() - self.started, 1), "timeline": stats.timeline(),
                 "fallbacks": stats.fallbacks, "missed": self.missed,
-                "speedup": round(steps / blocks_run, 2) if blocks_run else None}
+                "speedup": round(steps / blocks_run, 2) if blocks_run else None,
+                "notes": [note for note in self.notes if note]}
 
     def summary(self) -> str:
         r = self.report()
@@ -183,7 +259,48 @@ class RunState:
             text += f"; {r['fallbacks']} calls fell back to full compute"
         if self.missed:
             text += f"; {self.missed} calls ran uncached: a FreqCa block patch was replaced by another node"
-        return text
+        if self.variant_uncached:
+            text += f"; {self.variant_uncached} guidance-pass calls computed in full"
+        if self.skipped:
+            names = " or ".join(c.name for c in self.others)
+            text += f"; {self.skipped} calls skipped or run by {names}, not by FreqCa"
+        return "; ".join([text] + r["notes"])
+
+
+def pass_variant(options: dict) -> tuple[BlockKey, ...]:
+    """The blocks of this call's ``patches_replace["dit"]`` whose patch is not FreqCa's, sorted; () when all are.
+
+    A guidance pass that runs the model with some blocks replaced (ComfyUI's ``SkipLayerGuidanceDiT`` puts an
+    identity patch on the skipped blocks of a copy of the model options, for its call only) reaches the same
+    stream (cond uuid) at the same sigma as the plain pass, yet computes other features: when this tuple differs
+    from the model's own, the pass gets its own CRF history, keyed by it, so it never replaces the stream's CRF
+    and at cached steps is forecast from its own full steps (or computed, before it has any; always, when our
+    first or last block is among the replaced ones: the call is then not ours to plan or record). A patch another
+    node put over ours for every call is in the model's own options too (``RunState.base_variant``): such calls
+    are no separate pass."""
+    dit = options.get("patches_replace", {}).get("dit", {})
+    return tuple(sorted(key for key, patch in dit.items() if not hasattr(patch, "freqca_prior")))
+
+
+def control_signature(control) -> tuple:
+    """Which ControlNet residuals a model call receives (its ``control`` argument): per key (``input``,
+    ``middle``, ``output``), which entries are present; () without control.
+
+    A ControlNet with a start or end percent (or a chain of them) gives the model a different set of
+    residuals from that step on; the block features change at once, so a forecast across the switch is
+    wrong. Keying the CRF histories by this signature makes the first call after a switch run full and later
+    forecasts use only features computed under the same set. Chained ControlNets whose residuals are summed
+    into the same entries are not told apart."""
+    if not isinstance(control, dict):
+        return ()
+    return tuple((key, tuple(item is not None for item in value) if isinstance(value, (list, tuple))
+                  else value is not None) for key, value in sorted(control.items()))
+
+
+def short_run_note(schedule, n_steps: int | None) -> str:
+    """What the fixed schedule changed for a run too short for its warm-up and interval
+    (``FixedSchedule.for_run``); "" for other schedules and long runs."""
+    return schedule.fit_text(n_steps) if isinstance(schedule, FixedSchedule) else ""
 
 
 def _outer_sample_wrapper(executor, *args, **kwargs):
@@ -195,6 +312,8 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
     settings: FreqCaSettings = options[SETTINGS_KEY]
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     state = RunState(settings, sigmas)
+    state.note_other_caches(other_caches(guider.model_options))
+    state.base_variant = pass_variant(options)
     options[RUN_KEY] = state
     try:
         return executor(*args, **kwargs)
@@ -206,6 +325,7 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
         guider.model_options = original_options
 
 
+@torch.compiler.disable(recursive=False, reason="FreqCa's per-call bookkeeping")
 def _diffusion_model_wrapper(executor, *args, **kwargs):
     """Note the token layout of this call's image; the block patches act only while it is set."""
     options = args[-1] if isinstance(args[-1], dict) else kwargs.get("transformer_options", {})
@@ -213,14 +333,7 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
     if state is None:
         return executor(*args, **kwargs)
     family = state.settings.family
-    model = executor.class_obj
-    try:
-        if family.wrapper == "apply_model":
-            model = model.diffusion_model
-        state.layout = family.layout(call_arguments(executor.original, args, kwargs), model)
-    except Exception as exc:  # an unexpected input shape: run this call uncached
-        log.warning("FreqCa: cannot read the token layout (%r); running uncached", exc)
-        state.layout = None
+    state.begin_call(executor, args, kwargs)
     try:
         out = executor(*args, **kwargs)
         flow_velocity = family.wrapper != "apply_model" and state.settings.flow  # apply_model returns x0
@@ -236,6 +349,7 @@ def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | 
     def run_block(args: dict, extra: dict) -> dict:
         return prior(args, extra) if prior is not None else extra["original_block"](args)
 
+    @torch.compiler.disable(recursive=False, reason="FreqCa's full/cached decision")
     def freqca_block(args: dict, extra: dict) -> dict:
         state: RunState | None = args.get("transformer_options", {}).get(RUN_KEY)
         if state is None or state.layout is None:
@@ -264,11 +378,19 @@ def _make_block_patch(key: BlockKey, first: bool, last: bool, prior: Callable | 
     return freqca_block
 
 
+@_eager
+def _through_cache(call, kernel: Callable, *args, **kwargs):
+    """``call(kernel, *args, **kwargs)``: an attention kernel stored or served by the run's ``AttentionCall``
+    (FEB-Cache), eagerly: under torch.compile its bookkeeping would otherwise be traced and specialised on."""
+    return call(kernel, *args, **kwargs)
+
+
 def _make_attention_override(prior: Callable | None) -> Callable:
     """``transformer_options["optimized_attention_override"]``: during a FEB-Cache call whose plan stores or
     serves attention, every attention kernel goes through the run's ``AttentionCall``; otherwise (and to
     compute) through ``prior`` (an override another node set before ours) or the kernel itself."""
 
+    @torch.compiler.disable(recursive=False, reason="FreqCa's attention routing")
     def freqca_attention(func, *args, **kwargs):
         kernel = functools.partial(prior, func) if prior is not None else func
         options = kwargs.get("transformer_options") or {}
@@ -276,7 +398,7 @@ def _make_attention_override(prior: Callable | None) -> Callable:
         call = state.attention_call if state is not None else None
         if call is None:
             return kernel(*args, **kwargs)
-        return call(kernel, *args, **kwargs)
+        return _through_cache(call, kernel, *args, **kwargs)
 
     freqca_attention.freqca_prior = prior
     return freqca_attention

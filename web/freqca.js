@@ -38,6 +38,20 @@ function planOf(step, n, s) {
   return (step - origin + 1) % s.interval === 0 ? "F" : "c";
 }
 
+// Mirror of freqca_core.schedule.FixedSchedule.for_run: a fixed schedule too long for the run (fewer steps
+// than warm-up + 2 intervals + 1) gets interval and warm-up of at most n / 4 and its last step full; under
+// MIN_CACHED_STEPS steps every step is full.
+const MIN_CACHED_STEPS = 5;
+function fitted(s, n) {
+  if (n == null || s.method === "feb" || s.schedule !== "fixed" || s.interval <= 1
+      || n >= s.warmup_steps + 2 * s.interval + 1) return s;
+  if (n < MIN_CACHED_STEPS) return { ...s, warmup_steps: n, interval: 1 };
+  const quarter = Math.floor(n / 4);
+  return { ...s, warmup_steps: Math.min(s.warmup_steps, Math.max(1, quarter)),
+           interval: Math.min(s.interval, Math.max(2, quarter)),
+           final_full_steps: Math.max(s.final_full_steps, 1) };
+}
+
 function settingsOf(node) {
   const get = (name, fallback) => {
     const w = node.widgets?.find((x) => x.name === name);
@@ -55,7 +69,7 @@ function settingsOf(node) {
 }
 
 function plannedTimeline(node, n) {
-  const s = settingsOf(node);
+  const s = fitted(settingsOf(node), n);
   let t = "";
   for (let i = 0; i < n; i++) t += planOf(i, n, s);
   return t;

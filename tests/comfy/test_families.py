@@ -38,7 +38,7 @@ def accelerate(model, **inputs):
 def full_steps(steps: int = STEPS) -> int:
     from comfyui_freqca.freqca_core import FixedSchedule
 
-    return len(FixedSchedule(WARMUP, INTERVAL).full_steps(steps))
+    return len(FixedSchedule(WARMUP, INTERVAL).for_run(steps).full_steps(steps))  # as the node fits it
 
 
 @dataclass

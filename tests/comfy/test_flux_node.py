@@ -20,7 +20,7 @@ def accelerate(pack, model, **inputs):
 def expected_full_steps(steps, interval, warmup):
     from comfyui_freqca.freqca_core import FixedSchedule
 
-    return len(FixedSchedule(warmup, interval).full_steps(steps))
+    return len(FixedSchedule(warmup, interval).for_run(steps).full_steps(steps))  # as the node fits it
 
 
 def test_blocks_run_only_at_full_steps(pack, flux, conds):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -356,3 +357,38 @@ def test_locator_float32_round_trip_of_a_long_schedule():
     assert all(loc.step_of(float(s)) == i for i, s in enumerate(sig[:-1]))
     mids = (sig[:-1] + sig[1:]) / 2
     assert all(loc.step_of(float(m)) == i for i, m in enumerate(mids))
+
+
+# ===================================================================================== short runs (issue 17)
+def _timeline(schedule: FixedSchedule, n: int) -> str:
+    run = replace(schedule, fit_short_runs=True).start_run(StepLocator([1.0 - i / n for i in range(n + 1)]))
+    return "".join("F" if run.is_full(i) else "c" for i in range(n))
+
+
+@pytest.mark.parametrize("n, expected", [(4, "FFFF"), (5, "FcFcF"), (7, "FcFcFcF"), (8, "FFcFcFcF"),
+                                         (12, "FFFccFccFccF")])
+def test_short_runs_are_fitted_with_the_defaults(n, expected):
+    """A run too short for warm-up and two cycles: a smaller interval and warm-up, the last step full;
+    under MIN_CACHED_STEPS steps nothing is cached. The defaults would give FFFcccc at 7 steps."""
+    assert FixedSchedule().is_short(n)
+    assert _timeline(FixedSchedule(), n) == expected
+    assert FixedSchedule(fit_short_runs=True).fit_text(n) and not FixedSchedule().fit_text(n)
+    off = FixedSchedule().start_run(StepLocator([1.0 - i / n for i in range(n + 1)]))  # off: the pattern as set
+    assert [i for i in range(n) if off.is_full(i)] == FixedSchedule().full_steps(n)
+
+
+def test_long_runs_and_interval_one_are_unchanged():
+    for schedule, n in ((FixedSchedule(), 16), (FixedSchedule(), 28), (FixedSchedule(3, 10), 28),
+                        (FixedSchedule(3, 1), 6), (FixedSchedule(2, 3), 9)):
+        assert not schedule.is_short(n) and schedule.for_run(n) == schedule and schedule.fit_text(n) == ""
+        assert _timeline(schedule, n) == "".join("F" if i in schedule.full_steps(n) else "c" for i in range(n))
+
+
+def test_short_run_fit_never_exceeds_the_chosen_interval_or_warmup():
+    for n in range(1, 40):
+        for warmup, interval in ((0, 2), (1, 3), (3, 6), (5, 20)):
+            fitted = FixedSchedule(warmup, interval).for_run(n)
+            assert fitted.interval <= interval and (fitted.warmup <= warmup or n < 5)
+            timeline = _timeline(FixedSchedule(warmup, interval), n)
+            assert timeline[0] == "F" and (not FixedSchedule(warmup, interval).is_short(n) or timeline[-1] == "F")
+    assert FixedSchedule().for_run(None) == FixedSchedule()
