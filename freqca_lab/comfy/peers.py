@@ -27,6 +27,7 @@ import dataclasses
 import importlib.util
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -395,8 +396,14 @@ def markdown(rows: list[Row], peers: list[dict], header: dict, caps: Iterable[fl
     return "\n".join(lines)
 
 
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
 def row_json(row: Row) -> dict:
-    return dict(dataclasses.asdict(row), group=row.group)
+    """The row as JSON; an infinite PSNR (identical to uncached) is written as null."""
+    return dict(dataclasses.asdict(row), group=row.group, psnr=_finite(row.psnr),
+                psnr_per_image=[_finite(v) for v in row.psnr_per_image])
 
 
 # ------------------------------------------------------------------------------------------------- main

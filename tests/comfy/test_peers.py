@@ -7,7 +7,7 @@ import pytest
 
 from freqca_lab.comfy.harness import sample
 from freqca_lab.comfy.peers import PACK, Row, apply_node, best_within, count_block_work, markdown, node_inputs, \
-    pack_settings, summary
+    pack_settings, row_json, summary
 
 
 def row(source: str, budget: float | None, psnr: float | None, error: str | None = None, **settings) -> Row:
@@ -20,7 +20,7 @@ def test_best_within_takes_the_best_psnr_under_the_cap_and_skips_failures():
             row("pack", None, None, error="boom", n=4), row("pack", 0.20, 32.0, n=5)]
     assert best_within(rows, 0.36).settings == {"n": 5}  # tie at 32 dB: the cheaper
     assert best_within(rows, 0.28).settings == {"n": 5}
-    assert best_within([row("pack", 54 / 150, 40.0)], 0.36).psnr == 40.0  # 0.36 after rounding counts
+    assert best_within([row("pack", 0.1 + 0.2, 40.0)], 0.3).psnr == 40.0  # 0.30000000000000004: at the cap
     assert best_within(rows, 0.10) is None
 
 
@@ -82,3 +82,8 @@ def test_counter_tells_computed_blocks_from_called_ones(comfyui, conds):
     with mock.patch.object(block, "forward", lambda x, **_: x), count_block_work(model) as work:
         sample(model, *conds, steps=3)  # the block is called but computes nothing, as at TaylorSeer's forecasts
     assert (work.called, work.computed) == (3 * 5, 3 * 4)
+
+
+def test_json_writes_an_infinite_psnr_as_null():
+    exact = Row("pack", PACK, "Node", {}, budget=1.0, psnr=float("inf"), psnr_per_image=[float("inf"), 30.0])
+    assert (row_json(exact)["psnr"], row_json(exact)["psnr_per_image"]) == (None, [None, 30.0])
