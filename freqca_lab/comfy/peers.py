@@ -287,7 +287,9 @@ class Row:
 
     @property
     def label(self) -> str:
-        text = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        """The settings, less what :attr:`group` already says."""
+        shown = {k: v for k, v in self.settings.items() if self.source == "peer" or k not in ("method", "taylor_order")}
+        text = ", ".join(f"{k} {v}" for k, v in shown.items())
         return text + (" (default)" if self.default else "")
 
 
