@@ -35,11 +35,11 @@ import time
 import traceback
 import types
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import torch
 
-from freqca_lab.bench import CALIB_SEED_BASE, N_PROMPTS, REPORT_SEED_BASE
+from freqca_lab.bench import N_PROMPTS
 from freqca_lab.comfy.env import find_comfyui, load_pack
 from freqca_lab.comfy.harness import count_block_calls, import_comfyui, sample
 from freqca_lab.comfy.testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
@@ -55,10 +55,7 @@ CORE = "ComfyUI core"
 
 def image_set(k: int) -> list[tuple[int, int]]:
     """``k`` (seed, prompt) pairs; the prompts walk the table from another start than the benchmark's."""
-    pairs = [(SEED_BASE + i, (16 + 13 * i) % N_PROMPTS) for i in range(k)]
-    assert all(not REPORT_SEED_BASE <= s < REPORT_SEED_BASE + 1000 and not CALIB_SEED_BASE <= s < CALIB_SEED_BASE + 1000
-               for s, _ in pairs)
-    return pairs
+    return [(SEED_BASE + i, (16 + 13 * i) % N_PROMPTS) for i in range(k)]
 
 
 # ------------------------------------------------------------------------------------------------ peers
@@ -131,7 +128,7 @@ def _import_file(name: str, path: Path, package_dir: Path | None = None) -> type
     return module
 
 
-def load_peer_node(spec: PeerSpec, peers_dir: Path | None, comfyui: Path) -> tuple[type | None, dict]:
+def load_peer_node(spec: PeerSpec, peers_dir: Path | None) -> tuple[type | None, dict]:
     """The peer's node class and a record (commit, how it loaded, or why not)."""
     import comfyui_version
 
@@ -356,40 +353,51 @@ def _cell(row: Row | None) -> str:
     return "—" if row is None else f"{row.psnr:.2f} ({row.budget:.3f})"
 
 
-def markdown(rows: list[Row], peers: list[dict], header: dict, caps: Iterable[float] = CAPS,
-             every_row: bool = False) -> str:
-    caps = list(caps)
-    lines = [f"**Peers inside ComfyUI v{header['comfyui']}**: trained testbed in ComfyUI's Flux class, "
-             f"{header['steps']} euler steps (simple), CFG {CFG}, {len(header['images'])} images (seed, prompt) "
-             f"{header['images']}; PSNR (dB, images in [0, 1]) vs the uncached image of the same seed and "
-             "prompt, mean over images; budget = transformer blocks computed / uncached.", "",
-             "| pack | node | commit | loaded | settings swept (fixed) | ran |", "|---|---|---|---|---|---|"]
+def _peer_table(rows: list[Row], peers: list[dict]) -> list[str]:
+    lines = ["| pack | node | commit | loaded | settings swept (fixed) | ran |", "|---|---|---|---|---|---|"]
     for peer in peers:
         node_rows = [r for r in rows if r.source == "peer" and r.node == peer["node"]]
-        ran = sum(r.error is None for r in node_rows)
         errors = sorted({r.error for r in node_rows if r.error})
-        status = f"{ran}/{len(node_rows)}" + (f"; error: {errors[0]}" if errors else "")
-        if not node_rows:
-            status = "not run"
+        status = f"{sum(r.error is None for r in node_rows)}/{len(node_rows)}" if node_rows else "not run"
+        status += f"; error: {errors[0]}" if errors else ""
         sweep = "; ".join(f"{k} {v}" for k, v in peer["sweep"].items())
         fixed = ", ".join(f"{k} {v}" for k, v in peer["fixed"].items())
         lines.append(f"| {peer['pack']} | {peer['node']} | `{_short(peer['commit'])}` | {peer['load']} | {sweep}"
                      f"{f' ({fixed})' if fixed else ''} | {status} |")
-    lines += ["", f"| budget ≤ | best {PACK} setting | budget | PSNR | best peer setting | budget | PSNR | "
-                  "margin |", "|---|---|---:|---:|---|---:|---:|---:|"]
+    return lines
+
+
+def _summary_table(rows: list[Row], caps: list[float]) -> list[str]:
+    lines = [f"| budget ≤ | best {PACK} setting | budget | PSNR | best peer setting | budget | PSNR | margin |",
+             "|---|---|---:|---:|---|---:|---:|---:|"]
     for entry in summary(rows, caps):
         pack, peer = entry["pack"], entry["peer"]
         left = f"{pack.group}: {pack.label} | {pack.budget:.3f} | {pack.psnr:.2f}" if pack else "— | | "
         right = f"{peer.node}: {peer.label} | {peer.budget:.3f} | {peer.psnr:.2f}" if peer else "— | | "
         margin = f"{entry['margin_db']:+.2f} dB" if entry["margin_db"] is not None else "—"
         lines.append(f"| {entry['cap']:.2f} | {left} | {right} | {margin} |")
-    lines += ["", "Best PSNR dB (budget) of each within each budget:", "",
-              "| method or peer | " + " | ".join(f"≤ {cap:.2f}" for cap in caps) + " |",
-              "|---|" + "---:|" * len(caps)]
-    groups = list(dict.fromkeys(r.group for r in rows))
-    for group in groups:
+    return lines
+
+
+def _group_table(rows: list[Row], caps: list[float]) -> list[str]:
+    lines = ["| method or peer | " + " | ".join(f"≤ {cap:.2f}" for cap in caps) + " |", "|---|" + "---:|" * len(caps)]
+    for group in dict.fromkeys(r.group for r in rows):
         members = [r for r in rows if r.group == group]
         lines.append(f"| {group} | " + " | ".join(_cell(best_within(members, cap)) for cap in caps) + " |")
+    return lines
+
+
+def markdown(rows: list[Row], peers: list[dict], header: dict, caps: Iterable[float] = CAPS,
+             every_row: bool = False) -> str:
+    """The report: the peers (commit, how they loaded), the best of each side per budget cap, the best of each
+    peer and method per cap, and with ``every_row`` every setting."""
+    caps = list(caps)
+    lines = [f"**Peers inside ComfyUI v{header['comfyui']}**: trained testbed in ComfyUI's Flux class, "
+             f"{header['steps']} euler steps (simple), CFG {CFG}, {len(header['images'])} images (seed, prompt) "
+             f"{header['images']}; PSNR (dB, images in [0, 1]) vs the uncached image of the same seed and "
+             "prompt, mean over images; budget = transformer blocks computed / uncached.", ""]
+    lines += _peer_table(rows, peers) + [""] + _summary_table(rows, caps)
+    lines += ["", "Best PSNR dB (budget) of each within each budget:", ""] + _group_table(rows, caps)
     if every_row:
         lines += ["", "| node | setting | budget | PSNR |", "|---|---|---:|---:|"]
         for r in rows:
@@ -445,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in PEERS:
         if wanted and spec.node not in wanted:
             continue
-        cls, record = load_peer_node(spec, args.peers_dir, comfyui)
+        cls, record = load_peer_node(spec, args.peers_dir)
         peers.append({"pack": spec.pack, "repo": spec.repo, "node": spec.node, "fixed": spec.fixed,
                       "sweep": spec.sweep, **record})
         if cls is None:

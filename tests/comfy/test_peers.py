@@ -6,8 +6,9 @@ from unittest import mock
 import pytest
 
 from freqca_lab.comfy.harness import sample
-from freqca_lab.comfy.peers import PACK, Row, apply_node, best_within, count_block_work, markdown, node_inputs, \
-    pack_settings, row_json, summary
+from freqca_lab.bench import CALIB_SEED_BASE, REPORT_SEED_BASE, calib_prompts, report_prompts
+from freqca_lab.comfy.peers import PACK, Row, apply_node, best_within, count_block_work, image_set, markdown, \
+    node_inputs, pack_settings, row_json, summary
 
 
 def row(source: str, budget: float | None, psnr: float | None, error: str | None = None, **settings) -> Row:
@@ -29,8 +30,12 @@ def test_summary_compares_pack_and_peers_at_each_cap():
     table = summary(rows, caps=(0.36, 0.28, 0.20))
     assert [e["margin_db"] for e in table] == [pytest.approx(-1.5), pytest.approx(2.0), None]
     assert table[2]["pack"].psnr == 29.0 and table[2]["peer"] is None
-    text = markdown(rows, [], {"comfyui": "0", "steps": 5, "images": [(1, 2)]}, caps=(0.36, 0.28, 0.20))
+    rows.append(Row("peer", "broken pack", "Broken", {"t": 1}, error="AttributeError: no txt_norm"))
+    peers = [{"pack": "broken pack", "node": "Broken", "commit": "a" * 40, "load": "imported", "sweep": {"t": [1]},
+              "fixed": {}}]
+    text = markdown(rows, peers, {"comfyui": "0", "steps": 5, "images": [(1, 2)]}, caps=(0.36, 0.28, 0.20))
     assert "| 0.36 |" in text and "-1.50 dB" in text and "+2.00 dB" in text
+    assert f"`{'a' * 12}` | imported | t [1] | 0/1; error: AttributeError: no txt_norm |" in text
 
 
 def test_row_group_names_the_method_and_taylor_order():
@@ -87,3 +92,12 @@ def test_counter_tells_computed_blocks_from_called_ones(comfyui, conds):
 def test_json_writes_an_infinite_psnr_as_null():
     exact = Row("pack", PACK, "Node", {}, budget=1.0, psnr=float("inf"), psnr_per_image=[float("inf"), 30.0])
     assert (row_json(exact)["psnr"], row_json(exact)["psnr_per_image"]) == (None, [None, 30.0])
+
+
+def test_images_are_neither_the_benchmarks_reported_nor_its_calibration_ones():
+    k = 12
+    bench_pairs = set(zip(range(REPORT_SEED_BASE, REPORT_SEED_BASE + k), report_prompts(k)))
+    bench_pairs |= set(zip(range(CALIB_SEED_BASE, CALIB_SEED_BASE + k), calib_prompts(k)))
+    seeds = [seed for seed, _ in image_set(k)]
+    assert not set(seeds) & {seed for seed, _ in bench_pairs} and len(set(seeds)) == k
+    assert {prompt for _, prompt in image_set(3)}.isdisjoint(report_prompts(3) + calib_prompts(3))
