@@ -41,7 +41,7 @@ import torch
 
 from freqca_lab.bench import N_PROMPTS
 from freqca_lab.comfy.env import find_comfyui, load_pack
-from freqca_lab.comfy.harness import count_block_calls, import_comfyui, sample
+from freqca_lab.comfy.harness import apply_node, count_block_calls, import_comfyui, sample
 from freqca_lab.comfy.testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
 from freqca_lab.metrics import psnr, to_unit
 
@@ -199,8 +199,8 @@ def node_inputs(cls: type) -> dict[str, dict]:
     return inputs
 
 
-def apply_node(cls: type, model, settings: dict):
-    """Run the node on ``model`` as ComfyUI would (its defaults, then ``settings``); return the MODEL output."""
+def run_peer_node(cls: type, model, settings: dict):
+    """Run a peer's node on ``model`` as ComfyUI would (its defaults, then ``settings``); return the MODEL output."""
     kwargs = {name: spec["default"] for name, spec in node_inputs(cls).items()
               if name != "model" and spec["default"] is not None}
     kwargs.update(settings)
@@ -209,10 +209,13 @@ def apply_node(cls: type, model, settings: dict):
     return getattr(cls(), cls.FUNCTION)(model=model, **kwargs)[0]
 
 
-def pack_settings(cls: type, methods: Iterable[str] | None, intervals: Iterable[int]) -> list[dict]:
-    """The node's sweep, from its schema: every method x interval x final_full_steps 0/1, Taylor orders 1
-    and 2, every FEB level (FEB's table replaces the interval schedule)."""
-    inputs = node_inputs(cls)
+def pack_settings(methods: Iterable[str] | None, intervals: Iterable[int]) -> list[dict]:
+    """The pack's sweep, from its nodes' schemas (FreqCa Accelerate and FreqCa Options): every method x
+    interval x final_full_steps 0/1, Taylor orders 1 and 2, every FEB level (FEB's table replaces the
+    interval schedule)."""
+    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate, FreqCaOptions
+
+    inputs = {**node_inputs(FreqCaAccelerate), **node_inputs(FreqCaOptions)}
     methods = list(methods or inputs["method"]["options"])
     orders = [{"taylor_order": o} for o in (1, 2)] if "taylor_order" in inputs else [{}]
     out = []
@@ -463,13 +466,13 @@ def main(argv: list[str] | None = None) -> None:
             swept = dict(zip(spec.sweep, values))
             row = Row("peer", spec.pack, spec.node, swept,
                       default=all(defaults.get(k) == v for k, v in swept.items()))
-            rows.append(bench.measure(row, lambda m, s={**spec.fixed, **swept}: apply_node(cls, m, s)))
+            rows.append(bench.measure(row, lambda m, s={**spec.fixed, **swept}: run_peer_node(cls, m, s)))
             print(f"{spec.node} {row.label}: "
                   + (row.error or f"budget {row.budget:.3f}, PSNR {row.psnr:.2f}"), file=sys.stderr)
     if not wanted or "pack" in wanted:
-        for settings in pack_settings(FreqCaAccelerate, args.methods, args.intervals):
+        for settings in pack_settings(args.methods, args.intervals):
             row = Row("pack", PACK, "FreqCaAccelerate", settings)
-            rows.append(bench.measure(row, lambda m, s=settings: apply_node(FreqCaAccelerate, m, s)))
+            rows.append(bench.measure(row, lambda m, s=settings: apply_node(m, **s)))
             print(f"{row.group} {row.label}: " + (row.error or f"budget {row.budget:.3f}, PSNR {row.psnr:.2f}"),
                   file=sys.stderr)
     header = {"comfyui": comfyui_version.__version__, "steps": args.steps, "cfg": CFG, "sampler": "euler",

@@ -7,8 +7,9 @@ import pytest
 
 from freqca_lab.comfy.harness import sample
 from freqca_lab.bench import CALIB_SEED_BASE, REPORT_SEED_BASE, calib_prompts, report_prompts
-from freqca_lab.comfy.peers import PACK, Row, apply_node, best_within, count_block_work, image_set, markdown, \
-    node_inputs, pack_settings, row_json, summary
+from freqca_lab.comfy.harness import apply_node
+from freqca_lab.comfy.peers import (PACK, Row, best_within, count_block_work, image_set, markdown, node_inputs,
+                                    pack_settings, row_json, run_peer_node, summary)
 
 
 def row(source: str, budget: float | None, psnr: float | None, error: str | None = None, **settings) -> Row:
@@ -61,19 +62,19 @@ class V1Node:
 def test_v1_node_defaults_and_application(comfyui):
     assert node_inputs(V1Node)["kind"] == {"default": "a", "options": ["a", "b"]}
     assert node_inputs(V1Node)["thresh"]["default"] == 0.4
-    assert apply_node(V1Node, "M", {"thresh": 0.7}) == ("M", "a", 0.7)
+    assert run_peer_node(V1Node, "M", {"thresh": 0.7}) == ("M", "a", 0.7)
 
 
 def test_every_setting_of_the_node_sweep_is_accepted_by_the_node(pack, flux):
     from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
 
     methods = node_inputs(FreqCaAccelerate)["method"]["options"]
-    settings = pack_settings(FreqCaAccelerate, None, intervals=(2, 7))
+    settings = pack_settings(None, intervals=(2, 7))
     assert {s["method"] for s in settings} == set(methods)
     assert {s.get("taylor_order") for s in settings if s["method"] == "taylor"} == {1, 2}
     assert {s["final_full_steps"] for s in settings if "interval" in s} == {0, 1}
     for setting in settings:
-        assert apply_node(FreqCaAccelerate, flux, setting) is not flux
+        assert apply_node(flux, **setting) is not flux
 
 
 def test_counter_tells_computed_blocks_from_called_ones(comfyui, conds):
