@@ -25,9 +25,10 @@ const MAX_HOPS = 8;
 
 // Mirror of freqca_core.schedule.FixedSchedule.forced_full / is_full (the Python side stays the
 // authority: after a run the real timeline replaces this plan). "F" full, "c" cached, "?" decided during
-// the run (adaptive schedule) or by FEB-Cache's table.
+// the run (adaptive schedule), by FEB-Cache's table or by a gates file. start/end percent are points of the
+// noise schedule, which the front-end does not know: the plan takes them as fractions of the steps.
 function planOf(step, n, s) {
-  if (s.method === "feb") return step === 0 ? "F" : "?";  // FEB-Cache: its cache table decides
+  if (s.method === "feb" || s.gates) return step === 0 ? "F" : "?";  // a table or gates file decides
   let origin = Math.max(s.warmup_steps, 1);
   if (n != null) {
     origin = Math.max(origin, Math.ceil(s.start_percent * n - 1e-9));
@@ -43,7 +44,7 @@ function planOf(step, n, s) {
 // MIN_CACHED_STEPS steps every step is full.
 const MIN_CACHED_STEPS = 5;
 function fitted(s, n) {
-  if (n == null || s.method === "feb" || s.schedule !== "fixed" || s.interval <= 1
+  if (n == null || s.method === "feb" || s.gates || s.schedule !== "fixed" || s.interval <= 1
       || n >= s.warmup_steps + 2 * s.interval + 1) return s;
   if (n < MIN_CACHED_STEPS) return { ...s, warmup_steps: n, interval: 1 };
   const quarter = Math.floor(n / 4);
@@ -52,14 +53,25 @@ function fitted(s, n) {
            final_full_steps: Math.max(s.final_full_steps, 1) };
 }
 
+// The FreqCa Options node plugged into the node's `options` input, if any.
+function optionsNodeOf(node) {
+  const slot = node.findInputSlot?.("options") ?? -1;
+  return slot >= 0 ? node.getInputNode?.(slot) ?? null : null;
+}
+
 function settingsOf(node) {
-  const get = (name, fallback) => {
-    const w = node.widgets?.find((x) => x.name === name);
+  const widget = (owner, name, fallback) => {
+    const w = owner?.widgets?.find((x) => x.name === name);
     return w && w.value !== undefined && w.value !== null ? w.value : fallback;
   };
+  const get = (name, fallback) => widget(node, name, fallback);
+  const options = optionsNodeOf(node);
+  const method = get("method", "freqca");
+  const gatesFile = widget(options, "gates_file", "none");
   return {
-    method: get("method", "freqca"),
-    schedule: get("schedule", "fixed"),
+    method,
+    schedule: widget(options, "schedule", "fixed"),
+    gates: method === "frdiff" && gatesFile !== "none" && gatesFile !== "",
     interval: Math.max(1, Number(get("interval", 6))),
     warmup_steps: Number(get("warmup_steps", 3)),
     final_full_steps: Number(get("final_full_steps", 0)),
