@@ -25,6 +25,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .. import metrics
+
 _COMFY_NODES: types.ModuleType | None = None
 
 
@@ -493,8 +495,13 @@ def model_fingerprint(model) -> Fingerprint:
 
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean |a - b| relative to mean |b|."""
-    return float((a - b).abs().mean() / b.abs().mean())
+    """``metrics.rel_l1`` of two whole tensors (latents of any shape): mean |a - b| relative to mean |b|."""
+    return float(metrics.rel_l1(a.reshape(1, 1, 1, -1), b.reshape(1, 1, 1, -1)))
+
+
+def latent_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``metrics.psnr`` of two whole tensors (latents of any shape), the reference ``b``'s range as the peak."""
+    return float(metrics.psnr(a.reshape(1, 1, 1, -1), b.reshape(1, 1, 1, -1), data_range=float(b.max() - b.min())))
 
 
 # ------------------------------------------------------------------------ more DiT families (tiny, random)

@@ -13,14 +13,9 @@ import torch
 
 from .env import find_comfyui, load_pack
 from .harness import apply_node, import_comfyui, sample
+from .harness import latent_psnr as psnr
 
 RUN = dict(cfg=3.0, seed=5)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR of ``a`` against the reference ``b`` (peak: ``b``'s range), in dB."""
-    peak = float(b.max() - b.min())
-    return float(10 * torch.log10(peak ** 2 / ((a - b) ** 2).mean().clamp_min(1e-20)))
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -12,7 +12,8 @@ import torch._dynamo
 import torch
 
 from freqca_lab.comfy.harness import sample
-from freqca_lab.comfy.measure_compat import accelerate, cosine, psnr, skip_layer_guidance
+from freqca_lab.comfy.harness import latent_psnr as psnr
+from freqca_lab.comfy.measure_compat import accelerate, cosine, skip_layer_guidance
 from freqca_lab.comfy.testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

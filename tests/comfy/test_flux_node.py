@@ -6,6 +6,7 @@ import torch
 
 from freqca_lab.comfy.harness import (apply_node, build_chroma, build_flux, bypass_blocks, count_block_calls,
                                      flux_conditioning, model_fingerprint, rel_l1, sample)
+from freqca_lab.comfy.harness import latent_psnr as psnr
 from freqca_lab.comfy.testbed_in_comfy import build_testbed_flux, pixel_latent, prompt_conditioning
 
 STEPS = 12
@@ -55,11 +56,6 @@ def test_every_method_runs(pack, flux, conds):
 @pytest.fixture(scope="module")
 def testbed(comfyui):
     return build_testbed_flux()
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    peak = float(b.max() - b.min())
-    return float(10 * torch.log10(peak ** 2 / ((a - b) ** 2).mean()))
 
 
 @pytest.mark.parametrize("prompt", [0, 7])

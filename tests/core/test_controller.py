@@ -5,22 +5,18 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import pytest
 import torch
 
 from freqca_core import (BandSplitter, CacheController, CacheMethod, FreqCaMethod, FixedSchedule, TaylorForecaster,
                          TokenLayout, make_method)
 from freqca_core.forecast import HermiteForecaster
+import runs
+from runs import flux_sigmas
 
 INV_SQRT2 = 1 / math.sqrt(2)
 LAYOUT = TokenLayout.grid(4, 5)
 D = 6
-
-
-def flux_sigmas(n: int, shift: float = 3.0) -> list[float]:
-    t = np.linspace(1.0, 0.0, n + 1)
-    return [float(v) for v in shift * t / (1 + (shift - 1) * t)]
 
 
 def _t(*shape, seed=0, dtype=torch.float64):
@@ -35,17 +31,15 @@ def quadratic(rows: int, seed: int, layout: TokenLayout = LAYOUT, dtype=torch.fl
 
 def drive(ctrl: CacheController, sigmas, traj: Callable[[float], torch.Tensor], streams=(0,),
           layout: TokenLayout = LAYOUT, start=True):
-    """A one-call-per-step sampler; returns (plan, true CRF) per step."""
-    if start:
-        ctrl.start_run(sigmas)
-    out = []
-    for s in sigmas[:-1]:
+    """The CRF trajectory ``traj`` sampled one call per step; returns (plan, true CRF) per step."""
+    def call(step: int, s: float):
         truth = traj(s)
         plan = ctrl.plan(s, streams, truth.shape[0], layout)
         if plan.full:
             ctrl.record(plan, truth)
-        out.append((plan, truth))
-    return out
+        return plan, truth
+
+    return runs.drive(ctrl, sigmas, call, start=start)
 
 
 def controller(method="taylor", warmup=3, interval=6, **kwargs):

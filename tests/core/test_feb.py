@@ -9,6 +9,7 @@ import torch
 from freqca_core.methods.feb import ATTN, BOTH, FULL, LEVELS, AttentionCache, CacheTable, default_table, exposure_scale
 from freqca_lab.feb_tables import derive_table, load_tables, pick_table, save_tables
 from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig, attention
+import runs
 
 torch.set_num_threads(1)
 
@@ -267,18 +268,17 @@ def feb_controller(letters: str, delta: float = 1.0):
 
 
 def drive(ctrl, steps: int, model) -> list:
-    """A run of ``steps`` with one batched call per step (streams uncond, cond) through ``model(plan, i)``."""
+    """A run of ``steps`` with one batched call per step (streams uncond, cond) through ``model(plan, i,
+    embedding)``; returns the plans."""
     from freqca_core.spectral import TokenLayout
 
-    sigmas = [1.0 - i / steps for i in range(steps + 1)]
-    ctrl.start_run(sigmas)
-    plans = []
-    for i in range(steps):
+    def call(i: int, sigma: float):
         embedding = torch.full((2, 4, 3), float(i))
-        plan = ctrl.plan(sigmas[i], ("u", "c"), 2, TokenLayout.grid(2, 2), embedding=embedding)
+        plan = ctrl.plan(sigma, ("u", "c"), 2, TokenLayout.grid(2, 2), embedding=embedding)
         model(plan, i, embedding)
-        plans.append(plan)
-    return plans
+        return plan
+
+    return runs.drive(ctrl, [1.0 - i / steps for i in range(steps + 1)], call)
 
 
 def test_feb_both_steps_reuse_block_residuals_with_the_current_embedding():

@@ -13,14 +13,9 @@ from freqca_core import HermiteForecaster, ReuseForecaster, TaylorForecaster
 from freqca_core.cache import CRFHistory
 from freqca_core import make_method
 from freqca_core.spectral import BandSplitter, TokenLayout
+from runs import flux_sigmas
 
 INV_SQRT2 = 1 / math.sqrt(2)
-
-
-def flux_sigmas(n: int, shift: float = 3.0) -> list[float]:
-    """FLUX-style shifted rectified-flow schedule: strongly non-uniform spacing."""
-    t = np.linspace(1.0, 0.0, n + 1)
-    return list(shift * t / (1 + (shift - 1) * t))
 
 
 def _histories(rng: np.random.Generator, count: int = 20):

@@ -14,6 +14,7 @@ from freqca_core.schedule import StepLocator
 from freqca_lab.testbed.data import PROMPTS, PromptTable
 from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig
 from freqca_lab.testbed.sampling import flux_sigmas, seeded_noise
+import runs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LAYOUT = TokenLayout.grid(2, 3)
@@ -57,18 +58,15 @@ def test_registered_and_reuses_the_newest_crf():
 def drive(ctrl: CacheController, sigmas, streams=("uncond", "cond")):
     """One call per step with per-stream CRFs and model outputs that differ per step; returns, per step,
     (plan, raw output, finished output)."""
-    ctrl.start_run(sigmas)
-    rows = []
-    n_calls = len(sigmas) - 1 if sigmas is not None else 8
-    values = sigmas if sigmas is not None else [1.0 - i / 8 for i in range(n_calls + 1)]
-    for step in range(n_calls):
-        s = float(values[step])
+    def call(step: int, s: float):
         plan = ctrl.plan(s, streams, 2 * len(streams), LAYOUT)
         if plan.full:
             ctrl.record(plan, torch.full((2 * len(streams), LAYOUT.length, 4), float(step)))
         raw = torch.stack([torch.full((3, 2, 3), 10.0 * step + k) for k in range(2 * len(streams))])
-        rows.append((plan, raw, ctrl.finish_call(plan, raw.clone())))
-    return rows
+        return plan, raw, ctrl.finish_call(plan, raw.clone())
+
+    ctrl.start_run(sigmas)  # None: a run of unknown length, whose calls get the sigmas of 8 steps
+    return runs.drive(ctrl, sigmas if sigmas is not None else [1.0 - i / 8 for i in range(9)], call, start=False)
 
 
 def test_controller_mixes_cached_outputs_with_the_last_full_output_per_stream():
