@@ -23,7 +23,7 @@ from ..freqca_core.methods.feb import LEVELS as FEB_LEVELS
 from ..freqca_core.validation import check_choice, check_float
 from .families import FAMILIES, detect_family
 from .files import NO_FILE, create_model_folder, gates_file_options, load_gates
-from .hooks import FreqCaSettings, apply_freqca
+from .attach import FreqCaSettings, apply_freqca
 
 DEFAULTS = CacheConfig()
 SUPPORTED = "; ".join(f.name for f in FAMILIES)

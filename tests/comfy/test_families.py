@@ -148,7 +148,7 @@ def test_cached_call_restores_the_crf_exactly(pack, comfyui, name, method):
     the stored residual plus the embedding taken at the first block: the same CRF up to rounding (the
     embedding cancels for identical inputs, so this checks the residual path's plumbing, not which rows the
     embedding comes from; test_feb_embedding_is_the_first_blocks_image_rows does that)."""
-    from comfyui_freqca.nodes.hooks import SETTINGS_KEY
+    from comfyui_freqca.nodes.attach import SETTINGS_KEY
 
     case = {**CASES, **REFERENCE_CASES}[name]
     model, conds = case.build(seed=1, init=H.STRONG), case.conditioning()
@@ -246,7 +246,7 @@ def test_layouts(pack, comfyui):
 
 def test_qwen_uses_the_papers_1d_fft_split(pack, comfyui):
     from comfyui_freqca.nodes.families import detect_family
-    from comfyui_freqca.nodes.hooks import SETTINGS_KEY
+    from comfyui_freqca.nodes.attach import SETTINGS_KEY
 
     fast = accelerate(H.build_qwen_image(seed=0, layers=1))
     settings = fast.model_options["transformer_options"][SETTINGS_KEY]
@@ -306,7 +306,7 @@ def test_feb_embedding_is_the_first_blocks_image_rows(pack, comfyui, name):
     """The embedding FEB-Cache stores with each residual is the image part of the first block's input: the
     rows that the last block's image rows (the CRF) continue. Checked against the first block's input as a
     forward pre-hook sees it, at the CRF's rows (the family's image rows: first or last ``n_img``)."""
-    from comfyui_freqca.nodes.hooks import SETTINGS_KEY
+    from comfyui_freqca.nodes.attach import SETTINGS_KEY
 
     case = METHOD_CASES[name]
     model, conds = case.build(seed=1), case.conditioning()
