@@ -657,7 +657,7 @@ def test_exception_in_our_code_degrades_to_full(pack, flux, conds, runs, caplog,
     """Planning, recording or preparing the cached output fails: that call (and, without a history, every
     later one) runs the full model; the run finishes and equals the uncached one."""
     from comfyui_freqca.freqca_core import CacheController
-    from comfyui_freqca.nodes import hooks
+    from comfyui_freqca.nodes import attach
 
     reference = run(flux, conds)
 
@@ -665,10 +665,10 @@ def test_exception_in_our_code_degrades_to_full(pack, flux, conds, runs, caplog,
         raise RuntimeError(f"injected into {where}")
 
     if where == "prepare":
-        target = getattr(hooks.RunState, "prepare_cached", None)
+        target = getattr(attach.RunState, "prepare_cached", None)
         if target is None:
             pytest.fail("RunState.prepare_cached is missing")
-        monkeypatch.setattr(hooks.RunState, "prepare_cached", broken)
+        monkeypatch.setattr(attach.RunState, "prepare_cached", broken)
     else:
         monkeypatch.setattr(CacheController, where, broken)
     with caplog.at_level(logging.WARNING, logger="freqca"):
