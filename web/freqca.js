@@ -327,6 +327,20 @@ function onStats(event) {
   fitNode(node);
 }
 
+// Workflows saved with the 16-widget node (0.2: method, interval, warmup_steps, final_full_steps, cutoff,
+// hermite_scale, start_percent, end_percent, verbose, schedule, …) hold its values in that order; the main
+// node now has six widgets. Take the six from their old places (the advanced ones need a FreqCa Options node).
+const LEGACY_LENGTH = 16;
+const LEGACY_PLACES = { method: 0, interval: 1, warmup_steps: 2, final_full_steps: 3, start_percent: 6,
+                        end_percent: 7 };
+function migrateLegacyValues(node, values) {
+  if (!Array.isArray(values) || values.length !== LEGACY_LENGTH || typeof values[8] !== "boolean") return;
+  for (const [name, place] of Object.entries(LEGACY_PLACES)) {
+    const w = node.widgets?.find((x) => x.name === name);
+    if (w) w.value = values[place];
+  }
+}
+
 function onProgress(event) {
   const { value, max, node: running } = event.detail ?? {};
   if (running == null || !max) return;
@@ -367,8 +381,9 @@ app.registerExtension({
       return result;
     };
     const onConfigure = nodeType.prototype.onConfigure;
-    nodeType.prototype.onConfigure = function () {  // a saved size may predate the timeline
+    nodeType.prototype.onConfigure = function (info) {  // a saved size may predate the timeline
       const result = onConfigure?.apply(this, arguments);
+      migrateLegacyValues(this, info?.widgets_values);
       if (this.widgets?.some((w) => w.name === WIDGET_NAME)) fitNode(this);
       return result;
     };

@@ -35,3 +35,22 @@ const out = {json.dumps(CASES)}.map(([w, i, f, n]) => {{
 console.log(JSON.stringify(out));"""
     result = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(result.stdout) == [python_timeline(*case) for case in CASES]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (JavaScript) is not installed")
+def test_widget_values_of_the_16_widget_node_move_to_the_six_widgets():
+    source = JS.read_text()
+    functions = re.search(r"const LEGACY_LENGTH.*?\nfunction migrateLegacyValues.*?\n}\n", source, re.S).group(0)
+    legacy = ["taylor", 4, 2, 1, 0.1, 0.71, 0.2, 0.8, False, "fixed", 0.1, "balanced", 0.965, False, "", 2]
+    script = functions + f"""
+const names = ["method", "interval", "warmup_steps", "final_full_steps", "start_percent", "end_percent"];
+const make = () => ({{widgets: names.map((name) => ({{name, value: "default"}}))}});
+const old = make(), current = make();
+migrateLegacyValues(old, {json.dumps(legacy)});
+migrateLegacyValues(current, ["reuse", 3, 1, 0, 0, 1]);
+console.log(JSON.stringify([old.widgets.map((w) => w.value), current.widgets.map((w) => w.value)]));"""
+    result = subprocess.run(["node", "-e", script], capture_output=True, text=True,
+                            timeout=60, check=True)
+    migrated, untouched = json.loads(result.stdout)
+    assert migrated == ["taylor", 4, 2, 1, 0.2, 0.8]
+    assert untouched == ["default"] * 6  # values saved by the six-widget node are the front-end's to set
