@@ -226,3 +226,17 @@ def test_taylor_order(pack, flux, conds):
     with pytest.raises(ValueError, match="taylor_order"):
         accelerate(pack, flux, method="taylor", taylor_order=4)
     accelerate(pack, flux, method="freqca", taylor_order=3)  # read by taylor only
+
+
+def test_a_second_freqca_node_in_the_chain_is_warned_about_and_the_later_one_applies(pack, flux, conds, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="freqca"):
+        first = accelerate(pack, flux, interval=2)
+    assert "already went through another FreqCa Accelerate node" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="freqca"):
+        second = accelerate(pack, first, method="reuse", interval=5)
+    assert "already went through another FreqCa Accelerate node" in caplog.text
+    with count_block_calls(flux) as calls:
+        sample(second, *conds, steps=STEPS)
+    assert calls.total == expected_full_steps(STEPS, 5, 2) * N_BLOCKS != expected_full_steps(STEPS, 2, 2) * N_BLOCKS
