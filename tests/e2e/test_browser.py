@@ -200,7 +200,7 @@ async def scenario(server_url: str, chromium: str, profile: Path) -> dict:
         report["bypassed"] = await browser.js(VIEW + """
             nodes[0].mode = 4; const off = w.view(); nodes[0].mode = 0; return off;""")
         await browser.screenshot(ARTIFACTS / "example_workflow.png")
-        await browser.screenshot(ARTIFACTS / "example_node.png", await node_box(browser, ["FreqCaAccelerate"]))
+        await browser.screenshot(ARTIFACTS / "example_node.png", await node_box(browser, ["FreqCaAccelerate", "FreqCaOptions"]))
 
         # the testbed workflow, queued from the UI
         await load_workflow(browser, FIXTURE_PACK, "freqca_testbed")
