@@ -39,7 +39,9 @@ from . import report
 from .baselines import AdaptiveOutputCache, BudgetExceeded, calibrate_threshold
 from .feb_tables import load_tables, pick_table
 from .metrics import fidelity
+from .perlayer import DBCache, PerLayerTaylorSeer, spread_schedule
 from .runner import Generation, Sampling, flops_per_sample, generate, median_call_seconds, randomize, run_cost
+from freqca_core.schedule import FixedSchedule, StepSchedule
 
 WARMUP = 3
 ADAPTIVE_MAX_GAP = 12  # the adaptive schedule's largest interval in the benchmark
@@ -72,6 +74,7 @@ class Spec:
     intervals: tuple[int, ...] = (3, 4, 6, 9)
     methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "frdiff", "adaptive", "feb")
     adaptive_schedule: tuple[str, ...] = ("freqca", "reuse")  # methods also run on the adaptive schedule
+    budgeted: tuple[str, ...] = ("taylorseer-o1", "taylorseer-o2", "dbcache-F1")  # see ``BUDGETED``
     repeats: int = 2
     calib_iters: int = 10
     cfg: float = CFG
@@ -84,6 +87,34 @@ class Config:
     params: dict
     budget: int
     make: Callable[[], Any] = field(repr=False)
+    probe: Callable[[], Any] | None = field(default=None, repr=False)  # a cache whose step 1 of 2 is cached
+
+
+@dataclass(frozen=True)
+class Budgeted:
+    """A method run at each full-step budget ``B`` on ``spread_schedule``: ``warmup`` first and ``final``
+    last steps full, the rest spread evenly. ``front`` blocks also run at cached steps, so fewer full steps
+    fit in the ``B * blocks`` block executions of the budget."""
+
+    make: Callable[[StepSchedule], Any]
+    warmup: int = 3
+    final: int = 1
+    front: int = 0
+    params: dict = field(default_factory=dict)
+
+    def full_steps(self, budget: int, steps: int, n_blocks: int) -> int:
+        """Full steps whose block executions (front blocks at the other steps included) fit ``budget``."""
+        if not self.front:
+            return budget
+        return (budget * n_blocks - steps * self.front) // (n_blocks - self.front)
+
+
+BUDGETED = {  # per-layer baselines with the papers' first/last-step handling (TaylorSeer: 3 first, last full)
+    "taylorseer-o1": Budgeted(lambda s: PerLayerTaylorSeer(s, 1), params={"order": 1, "forecast": "per layer"}),
+    "taylorseer-o2": Budgeted(lambda s: PerLayerTaylorSeer(s, 2), params={"order": 2, "forecast": "per layer"}),
+    "dbcache-F1": Budgeted(lambda s: DBCache(s, 1, front=1), final=0, front=1,
+                           params={"order": 1, "front_blocks": 1, "back_blocks": 0}),
+}
 
 
 class Progress:
@@ -109,6 +140,24 @@ def schedule_configs(spec: Spec) -> list[Config]:
             budget = len(cache.step_schedule().full_steps(spec.steps))
             params = {"warmup": WARMUP, "interval": n, **cache.new_method(spec.steps).describe()}
             configs.append(Config(name, params, budget, lambda c=cache: c.new_controller(spec.steps)))
+    return configs
+
+
+def budgeted_configs(spec: Spec, budgets: list[int], n_blocks: int) -> list[Config]:
+    """``spec.budgeted`` methods at each full-step budget (skipped where not even the warm-up fits)."""
+    configs = []
+    for name in spec.budgeted:
+        entry = BUDGETED[name]
+        for budget in budgets:
+            n_full = min(entry.full_steps(budget, spec.steps, n_blocks), spec.steps)
+            warmup = min(entry.warmup, n_full - entry.final)
+            if warmup < 1:
+                continue
+            schedule = spread_schedule(spec.steps, n_full, warmup, entry.final)
+            params = {"warmup": warmup, "final_full_steps": entry.final, "schedule": "spread",
+                      "target_full_steps": n_full, **entry.params}
+            configs.append(Config(name, params, budget, lambda s=schedule, e=entry: e.make(s),
+                                  lambda e=entry: e.make(FixedSchedule(warmup=1, interval=1000))))
     return configs
 
 
@@ -183,13 +232,16 @@ def calibrate_schedules(model, table, spec: Spec, budgets: list[int], progress: 
 
 # ------------------------------------------------------------------------------------------- running
 def measure_flops(model, table, method_name: str, prompt: int, seed: int, spec: Spec, size: tuple[int, int],
-                  guidance: float | None, full_flops: float | None = None) -> tuple[float, float]:
+                  guidance: float | None, full_flops: float | None = None,
+                  probe: Callable[[], Any] | None = None) -> tuple[float, float]:
     """FLOPs of one full and one cached call for one sample (CFG streams included).
 
     A full call is the model's forward (+ an uncounted CRF copy), the same for every method, so it is
     counted once (``method_name == "none"``) and passed in as ``full_flops``; a cached call is counted
-    on a short run of the method whose first steps run uncounted."""
-    if method_name == "none":
+    on a short run of the method whose first steps run uncounted (``probe()``: such a method, if given)."""
+    if probe is not None:
+        method, steps = probe(), 2
+    elif method_name == "none":
         method, steps = None, 1
     elif method_name == "adaptive":
         method, steps = AdaptiveOutputCache(1e9, warmup=2), 3
@@ -242,7 +294,7 @@ def run_configs(model, table, spec: Spec, configs: list[Config], progress: Progr
     for config in configs:
         if config.method not in per_call:
             per_call[config.method] = measure_flops(model, table, config.method, prompts[0], seeds[0], spec, size,
-                                                    guidance, full_flops=per_call["none"][0])
+                                                    guidance, full_flops=per_call["none"][0], probe=config.probe)
     ref = results[0]
     ref_flops = run_cost(ref.stats.full_calls, ref.stats.cached_calls, per_call["none"])
     ref_call_s = run_cost(ref.stats.full_calls, ref.stats.cached_calls, median_call_seconds(ref.call_times))
@@ -255,6 +307,7 @@ def run_configs(model, table, spec: Spec, configs: list[Config], progress: Progr
             "full_steps": g.full_steps, "cached_steps": g.stats.cached_steps,
             "nfe_ratio": g.full_steps / spec.steps,
             "block_calls": g.block_calls, "block_fraction": g.block_calls / max(ref.block_calls, 1),
+            "block_ratio": g.block_calls / max(ref.block_calls, 1), "budget_ratio": config.budget / spec.steps,
             "wall_s": g.wall_s, "cpu_s": g.cpu_s,
             "speedup": ref.wall_s / g.wall_s, "cpu_speedup": ref.cpu_s / g.cpu_s,
             "ideal_speedup": spec.steps / max(g.full_steps, 1),
@@ -293,6 +346,7 @@ def run_testbed(spec: Spec, model, table, progress: Progress) -> tuple[dict, lis
     configs += calibrate_schedules(model, table, spec, budgets, progress, size)
     if "feb" in spec.methods:
         configs += feb_configs(spec)
+    configs += budgeted_configs(spec, budgets, len(model.double_blocks) + len(model.single_blocks))
     runs, images = run_configs(model, table, spec, configs, progress, size=size, seeds=seeds, prompts=prompts)
     names = list(getattr(table, "names", []))
     result = _header(spec, "testbed", size, seeds, [names[p] if p < len(names) else str(p) for p in prompts])

@@ -6,8 +6,9 @@ with the *current* embedding. ``generate`` samples images with CFG (uncond and c
 streams ``("uncond", "cond")``; only ``("cond",)`` at ``cfg == 1``) using the testbed's Euler sampler, and
 counts what ran: block executions (forward hooks on every block), full and cached calls, wall and CPU time.
 
-``method`` may be ``None`` (uncached), a ``CacheController`` (CRF caching: FreqCa, reuse, taylor) or an
-output-space cache (``baselines.AdaptiveOutputCache``: anything with ``start_run(sigmas)``,
+``method`` may be ``None`` (uncached), a ``CacheController`` (CRF caching: FreqCa, reuse, taylor), a cache
+inside the blocks (``perlayer``: anything with ``start_run(sigmas)``, ``model_call(model, x, sigma, context,
+y, guidance) -> v`` and ``end_run() -> RunStats``) or an output-space cache (``baselines.AdaptiveOutputCache``: anything with ``start_run(sigmas)``,
 ``__call__(x, sigma, compute) -> v`` and ``end_run() -> RunStats``).
 """
 from __future__ import annotations
@@ -173,19 +174,26 @@ class Sampling:
             return out
         if isinstance(method, CacheController):
             return cached_velocity(model, method, x, sigma, self.context, self.y, self.streams, self.guidance)
+        if hasattr(method, "model_call"):  # caches inside the blocks (``perlayer``)
+            return method.model_call(model, x, sigma, self.context, self.y, self.guidance)
         return method(x, sigma, lambda: model(x, _sigma_tensor(sigma, self.batch, x), self.context, self.y,
                                               self.guidance))
 
+    def _full_calls(self) -> int:
+        """Full model calls so far (a call is full or cached by the method's own count: DBCache's cached
+        calls run their front blocks)."""
+        return (self.method.stats if self.method is not None else self.stats).full_calls
+
     def _velocity(self, x: Tensor, sigma: float) -> Tensor:
         x_in = torch.cat([x] * len(self.streams))
-        before, start = self.counter.count, time.perf_counter()
+        before, start = self._full_calls(), time.perf_counter()
         if self.count_flops:
             with flop_counter() as mode:
                 out = self._model_call(x_in, sigma)
-            self.call_flops.append((self.counter.count > before, mode.get_total_flops()))
+            self.call_flops.append((self._full_calls() > before, mode.get_total_flops()))
         else:
             out = self._model_call(x_in, sigma)
-        self.call_times.append((self.counter.count > before, time.perf_counter() - start))
+        self.call_times.append((self._full_calls() > before, time.perf_counter() - start))
         if len(self.streams) == 1:
             return out
         v_uncond, v_cond = out.chunk(2)

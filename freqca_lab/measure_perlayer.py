@@ -1,0 +1,131 @@
+"""Search: CRF-level configurations against per-layer baselines at equal block-execution budgets.
+
+``python -m freqca_lab.measure_perlayer [--steps 50] [--seeds 4] [--calibration] [--json PATH]``
+
+For each full-step budget ``B`` (the benchmark's: warm-up 3 and N = 3, 4, 6, 9) every method runs on a
+family of schedules with at most ``B`` full steps (``spread_schedule``: ``warmup`` first steps, ``final``
+last steps, the rest spread evenly in between); each method's best PSNR per budget is printed. Methods
+whose cached steps run blocks (DBCache) get as many full steps as fit in ``B`` times the block count.
+``--calibration`` uses the benchmark's calibration seeds and prompts instead of the reported ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from freqca_core.controller import CacheController
+from freqca_core.forecast import ReuseForecaster, TaylorForecaster
+from freqca_core.frdiff import GateSchedule
+from freqca_core.methods import ForecastMethod, FreqCaMethod
+from freqca_core.schedule import FixedSchedule
+from freqca_core.spectral import BandSplitter
+
+from . import bench
+from .metrics import fidelity
+from .perlayer import DBCache, PerLayerTaylorSeer
+from .runner import generate
+
+
+def spread_steps(n_steps: int, n_full: int, warmup: int, final: int) -> list[int]:
+    """``n_full`` full steps: the first ``warmup``, the last ``final`` and the rest spread evenly between
+    (equal gaps from the last warm-up step to the first final step, or to the end without final steps)."""
+    head = list(range(min(warmup, n_steps)))
+    tail = list(range(max(n_steps - final, len(head)), n_steps))
+    k = n_full - len(head) - len(tail)
+    a, b = len(head) - 1, (n_steps - final if final else n_steps)
+    middle = [a + round(j * (b - a) / (k + 1)) for j in range(1, k + 1)] if k > 0 else []
+    return sorted(set(head + middle + tail))
+
+
+def spread_schedule(n_steps: int, n_full: int, warmup: int, final: int) -> GateSchedule:
+    return GateSchedule.from_steps(spread_steps(n_steps, n_full, warmup, final), n_steps,
+                                   {"warmup": warmup, "final": final, "full": n_full})
+
+
+def budgets(steps: int) -> list[int]:
+    return sorted({len(FixedSchedule(warmup=3, interval=n).full_steps(steps)) for n in (3, 4, 6, 9)}, reverse=True)
+
+
+def crf(name: str, forecaster, residual: bool = False):
+    method = ForecastMethod(name, forecaster)
+    method.residual = residual
+    return lambda s: CacheController(method, s)
+
+
+def banded(low, high, residual: bool = False):
+    method = FreqCaMethod(BandSplitter(0.1, "dct"), high, low)
+    method.residual = residual
+    return lambda s: CacheController(method, s)
+
+
+METHODS: dict[str, Callable[[Any], Any]] = {
+    "taylorseer-1": lambda s: PerLayerTaylorSeer(s, 1),
+    "taylorseer-2": lambda s: PerLayerTaylorSeer(s, 2),
+    "taylorseer-2-exact": lambda s: PerLayerTaylorSeer(s, 2, exact=True),
+    "dbcache-F1-1": lambda s: DBCache(s, 1, front=1),
+    "crf-taylor-1": crf("taylor", TaylorForecaster(1)),
+    "crf-taylor-2": crf("taylor", TaylorForecaster(2)),
+    "crf-taylor-1-res": crf("taylor", TaylorForecaster(1), residual=True),
+    "crf-low1-high0": banded(TaylorForecaster(1), ReuseForecaster()),
+    "crf-low2-high1": banded(TaylorForecaster(2), TaylorForecaster(1)),
+    "crf-low1-high1-res": banded(TaylorForecaster(1), TaylorForecaster(1), residual=True),
+    "crf-low2-high1-res": banded(TaylorForecaster(2), TaylorForecaster(1), residual=True),
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m freqca_lab.measure_perlayer")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--calibration", action="store_true")
+    p.add_argument("--methods", type=str, default=",".join(METHODS))
+    p.add_argument("--warmups", type=str, default="2,3")
+    p.add_argument("--finals", type=str, default="0,1,2")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    model, table = bench.load_testbed_model()
+    base = bench.CALIB_SEED_BASE if args.calibration else bench.REPORT_SEED_BASE
+    seeds = [base + i for i in range(args.seeds)]
+    prompts = (bench.calib_prompts if args.calibration else bench.report_prompts)(args.seeds)
+    ref = generate(model, prompts, seeds, args.steps, bench.CFG, None, table=table, shift=bench.SHIFT)
+    n_blocks = ref.block_calls // args.steps
+    rows = []
+    for name in args.methods.split(","):
+        make = METHODS[name]
+        for budget in budgets(args.steps):
+            best = None
+            for warmup in (int(w) for w in args.warmups.split(",")):
+                for final in (int(f) for f in args.finals.split(",")):
+                    n_full = budget
+                    if name.startswith("dbcache"):  # front block at cached steps: fewer full steps fit
+                        front = 1
+                        n_full = (budget * n_blocks - args.steps * front) // (n_blocks - front)
+                    if n_full < warmup + final or n_full < 1:
+                        continue
+                    sched = spread_schedule(args.steps, n_full, warmup, final)
+                    t = time.perf_counter()
+                    g = generate(model, prompts, seeds, args.steps, bench.CFG, make(sched), table=table,
+                                 shift=bench.SHIFT)
+                    psnr = sum(fidelity(g.images, ref.images)["psnr"]) / len(seeds)
+                    row = {"method": name, "budget": budget, "warmup": warmup, "final": final,
+                           "full_steps": g.full_steps, "block_ratio": g.block_calls / ref.block_calls,
+                           "psnr": psnr, "cache_bytes": g.cache_bytes, "s": time.perf_counter() - t}
+                    rows.append(row)
+                    if row["block_ratio"] <= budget / args.steps + 1e-9 and (best is None or psnr > best["psnr"]):
+                        best = row
+            if best:
+                print(f"{name:22s} B={budget:2d} best {best['psnr']:6.2f} dB (w={best['warmup']} f={best['final']} "
+                      f"full={best['full_steps']} ratio={best['block_ratio']:.3f})", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
