@@ -340,7 +340,7 @@ def run_testbed(spec: Spec, model, table, progress: Progress) -> tuple[dict, lis
     seeds = [REPORT_SEED_BASE + i for i in range(spec.seeds)]
     prompts = report_prompts(spec.seeds)
     configs = schedule_configs(spec)
-    budgets = sorted({c.budget for c in configs if c.method != "none"}, reverse=True)
+    budgets = sorted({len(FixedSchedule(WARMUP, n).full_steps(spec.steps)) for n in spec.intervals}, reverse=True)
     if "adaptive" in spec.methods:
         configs += calibrate_adaptive(model, table, spec, budgets, progress, size)
     configs += calibrate_schedules(model, table, spec, budgets, progress, size)
@@ -408,6 +408,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, help="held-out seeds (default 4; --quick 2; flux-timing 1)")
     p.add_argument("--intervals", type=str, help="comma-separated full-step intervals (default 3,4,6,9)")
     p.add_argument("--repeats", type=int, help="interleaved timing rounds, min kept (default 2; --quick 1)")
+    p.add_argument("--methods", type=str,
+                   help="comma-separated rows to run besides the uncached one (default: all): "
+                        + ", ".join(all_rows(Spec())))
     p.add_argument("--json", type=Path, help="also write the result JSON here")
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder (default bench_out/)")
     p.add_argument("--model", choices=("testbed", "flux-timing"), default="testbed")
@@ -416,6 +419,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "makes OpenMP barriers stall and timings swing by 10x; 0 = torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     return p.parse_args(argv)
+
+
+def all_rows(spec: Spec) -> list[str]:
+    """Every row name ``--methods`` accepts."""
+    return (list(spec.methods) + [f"{m}-adaptive" for m in ("freqca", "reuse")] + list(BUDGETED))
+
+
+def restrict(spec: Spec, names: str) -> None:
+    """Keep only the rows named in ``names`` (comma-separated; see ``all_rows``)."""
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in all_rows(spec)]
+    if unknown or not chosen:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown) or '(empty)'}; "
+                         f"allowed: {', '.join(all_rows(spec))}")
+    spec.methods = tuple(n for n in spec.methods if n in chosen)
+    spec.adaptive_schedule = tuple(m for m in ("freqca", "reuse") if f"{m}-adaptive" in chosen)
+    spec.budgeted = tuple(n for n in BUDGETED if n in chosen)
 
 
 def spec_from_args(args: argparse.Namespace) -> Spec:
@@ -433,6 +453,8 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         spec.intervals = tuple(int(n) for n in args.intervals.split(","))
     if args.repeats is not None:
         spec.repeats = args.repeats
+    if args.methods:
+        restrict(spec, args.methods)
     if spec.steps < 1 or spec.seeds < 1 or spec.repeats < 1:
         raise SystemExit("--steps, --seeds and --repeats must be >= 1")
     return spec

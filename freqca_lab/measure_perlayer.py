@@ -20,35 +20,48 @@ import torch
 
 from freqca_core.controller import CacheController
 from freqca_core.forecast import ReuseForecaster, TaylorForecaster
-from freqca_core.frdiff import GateSchedule
 from freqca_core.methods import ForecastMethod, FreqCaMethod
 from freqca_core.schedule import FixedSchedule
 from freqca_core.spectral import BandSplitter
 
 from . import bench
 from .metrics import fidelity
-from .perlayer import DBCache, PerLayerTaylorSeer
+from .perlayer import DBCache, PerLayerTaylorSeer, spread_schedule, taylorseer_weights
 from .runner import generate
+from .testbed.sampling import flux_sigmas
 
-
-def spread_steps(n_steps: int, n_full: int, warmup: int, final: int) -> list[int]:
-    """``n_full`` full steps: the first ``warmup``, the last ``final`` and the rest spread evenly between
-    (equal gaps from the last warm-up step to the first final step, or to the end without final steps)."""
-    head = list(range(min(warmup, n_steps)))
-    tail = list(range(max(n_steps - final, len(head)), n_steps))
-    k = n_full - len(head) - len(tail)
-    a, b = len(head) - 1, (n_steps - final if final else n_steps)
-    middle = [a + round(j * (b - a) / (k + 1)) for j in range(1, k + 1)] if k > 0 else []
-    return sorted(set(head + middle + tail))
-
-
-def spread_schedule(n_steps: int, n_full: int, warmup: int, final: int) -> GateSchedule:
-    return GateSchedule.from_steps(spread_steps(n_steps, n_full, warmup, final), n_steps,
-                                   {"warmup": warmup, "final": final, "full": n_full})
+STEPS = [50]  # the run length of the search (step-unit forecasters map sigmas to steps with it)
 
 
 def budgets(steps: int) -> list[int]:
     return sorted({len(FixedSchedule(warmup=3, interval=n).full_steps(steps)) for n in (3, 4, 6, 9)}, reverse=True)
+
+
+class SeriesForecaster(TaylorForecaster):
+    """TaylorSeer's series (recursive backward differences, ``x^i / i!``) in sigma, on the CRF."""
+
+    name = "series"
+
+    def weights(self, sigmas, sigma, step_size):
+        used = taylorseer_weights(list(sigmas[: self.needs]), sigma, self.order)
+        return used + [0.0] * (len(sigmas) - len(used))
+
+
+class StepSeriesForecaster(TaylorForecaster):
+    """TaylorSeer's series in sampler steps (sigmas mapped to their step in ``sigmas``), on the CRF."""
+
+    name = "step-series"
+
+    def __init__(self, order: int, sigmas) -> None:
+        super().__init__(order)
+        self.sigmas = [float(s) for s in sigmas]
+
+    def step(self, sigma: float) -> int:
+        return min(range(len(self.sigmas)), key=lambda i: abs(self.sigmas[i] - sigma))
+
+    def weights(self, sigmas, sigma, step_size):
+        used = taylorseer_weights([self.step(s) for s in sigmas[: self.needs]], self.step(sigma), self.order)
+        return used + [0.0] * (len(sigmas) - len(used))
 
 
 def crf(name: str, forecaster, residual: bool = False):
@@ -71,10 +84,19 @@ METHODS: dict[str, Callable[[Any], Any]] = {
     "crf-taylor-1": crf("taylor", TaylorForecaster(1)),
     "crf-taylor-2": crf("taylor", TaylorForecaster(2)),
     "crf-taylor-1-res": crf("taylor", TaylorForecaster(1), residual=True),
+    "crf-series-2": crf("series", SeriesForecaster(2)),
+    "crf-series-2-res": crf("series", SeriesForecaster(2), residual=True),
+    "crf-low-s2-high-s1": banded(SeriesForecaster(2), SeriesForecaster(1)),
+    "crf-low-s2-high-0": banded(SeriesForecaster(2), ReuseForecaster()),
+    "crf-low-t2-high-s2": banded(TaylorForecaster(2), SeriesForecaster(2)),
+    "crf-stepseries-2": lambda s: crf("series", StepSeriesForecaster(2, flux_sigmas(STEPS[0], bench.SHIFT)))(s),
+    "crf-low-t2-high-ss2": lambda s: banded(TaylorForecaster(2),
+                                            StepSeriesForecaster(2, flux_sigmas(STEPS[0], bench.SHIFT)))(s),
     "crf-low1-high0": banded(TaylorForecaster(1), ReuseForecaster()),
     "crf-low2-high1": banded(TaylorForecaster(2), TaylorForecaster(1)),
     "crf-low1-high1-res": banded(TaylorForecaster(1), TaylorForecaster(1), residual=True),
     "crf-low2-high1-res": banded(TaylorForecaster(2), TaylorForecaster(1), residual=True),
+    "crf-low-t2-high-s2-res": banded(TaylorForecaster(2), SeriesForecaster(2), residual=True),
 }
 
 
@@ -86,9 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", type=str, default=",".join(METHODS))
     p.add_argument("--warmups", type=str, default="2,3")
     p.add_argument("--finals", type=str, default="0,1,2")
+    p.add_argument("--gammas", type=str, default="1")
+    p.add_argument("--budgets", type=str, help="comma-separated full-step budgets (default: the benchmark's)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    STEPS[0] = args.steps
     model, table = bench.load_testbed_model()
     base = bench.CALIB_SEED_BASE if args.calibration else bench.REPORT_SEED_BASE
     seeds = [base + i for i in range(args.seeds)]
@@ -98,29 +123,31 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name in args.methods.split(","):
         make = METHODS[name]
-        for budget in budgets(args.steps):
+        chosen = [int(b) for b in args.budgets.split(",")] if args.budgets else budgets(args.steps)
+        for budget in chosen:
             best = None
             for warmup in (int(w) for w in args.warmups.split(",")):
-                for final in (int(f) for f in args.finals.split(",")):
+                for final, gamma in ((int(f), float(g)) for f in args.finals.split(",")
+                                     for g in args.gammas.split(",")):
                     n_full = budget
                     if name.startswith("dbcache"):  # front block at cached steps: fewer full steps fit
                         front = 1
                         n_full = (budget * n_blocks - args.steps * front) // (n_blocks - front)
                     if n_full < warmup + final or n_full < 1:
                         continue
-                    sched = spread_schedule(args.steps, n_full, warmup, final)
+                    sched = spread_schedule(args.steps, n_full, warmup, final, gamma)
                     t = time.perf_counter()
                     g = generate(model, prompts, seeds, args.steps, bench.CFG, make(sched), table=table,
                                  shift=bench.SHIFT)
                     psnr = sum(fidelity(g.images, ref.images)["psnr"]) / len(seeds)
-                    row = {"method": name, "budget": budget, "warmup": warmup, "final": final,
+                    row = {"method": name, "budget": budget, "warmup": warmup, "final": final, "gamma": gamma,
                            "full_steps": g.full_steps, "block_ratio": g.block_calls / ref.block_calls,
                            "psnr": psnr, "cache_bytes": g.cache_bytes, "s": time.perf_counter() - t}
                     rows.append(row)
                     if row["block_ratio"] <= budget / args.steps + 1e-9 and (best is None or psnr > best["psnr"]):
                         best = row
             if best:
-                print(f"{name:22s} B={budget:2d} best {best['psnr']:6.2f} dB (w={best['warmup']} f={best['final']} "
+                print(f"{name:22s} B={budget:2d} best {best['psnr']:6.2f} dB (w={best['warmup']} f={best['final']} g={best['gamma']} "
                       f"full={best['full_steps']} ratio={best['block_ratio']:.3f})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

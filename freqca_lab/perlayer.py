@@ -52,21 +52,22 @@ def taylorseer_weights(steps: Sequence[int], step: int, order: int) -> list[floa
     return out
 
 
-def spread_steps(n_steps: int, n_full: int, warmup: int, final: int) -> list[int]:
-    """``n_full`` full steps of ``n_steps``: the first ``warmup``, the last ``final`` and the rest spread evenly
-    in between (equal gaps from the last warm-up step to the first final step, or to the end without one)."""
+def spread_steps(n_steps: int, n_full: int, warmup: int, final: int, gamma: float = 1.0) -> list[int]:
+    """``n_full`` full steps of ``n_steps``: the first ``warmup``, the last ``final`` and the rest spread in
+    between, at fractions ``(j / (k + 1)) ** gamma`` of the span from the last warm-up step to the first final
+    step (or to the end without one): equal gaps at ``gamma`` 1, denser towards the end below 1."""
     head = list(range(min(warmup, n_steps)))
     tail = list(range(max(n_steps - final, len(head)), n_steps))
     k = n_full - len(head) - len(tail)
     a, b = len(head) - 1, (n_steps - final if final else n_steps)
-    middle = [a + round(j * (b - a) / (k + 1)) for j in range(1, k + 1)] if k > 0 else []
+    middle = [a + round((j / (k + 1)) ** gamma * (b - a)) for j in range(1, k + 1)] if k > 0 else []
     return sorted(set(head + middle + tail))
 
 
-def spread_schedule(n_steps: int, n_full: int, warmup: int, final: int) -> GateSchedule:
+def spread_schedule(n_steps: int, n_full: int, warmup: int, final: int, gamma: float = 1.0) -> GateSchedule:
     """``spread_steps`` as a schedule (for runs of ``n_steps`` steps)."""
-    return GateSchedule.from_steps(spread_steps(n_steps, n_full, warmup, final), n_steps,
-                                   {"warmup": warmup, "final": final, "full": n_full})
+    return GateSchedule.from_steps(spread_steps(n_steps, n_full, warmup, final, gamma), n_steps,
+                                   {"warmup": warmup, "final": final, "full": n_full, "gamma": gamma})
 
 
 class FeatureHistory:
@@ -153,6 +154,14 @@ class StepCache:
 
 def _sigmas(sigma: float, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+
+
+def taylorseer_cache_bytes(double: int, single: int, hidden: int, img_tokens: int, txt_tokens: int, order: int,
+                           element_size: int = 2, batch: int = 1) -> int:
+    """Bytes ``PerLayerTaylorSeer`` stores for a Flux-shaped model: ``order + 1`` copies of every module output
+    (double block: two image and two text ``[batch, tokens, hidden]`` outputs; single block: one joint)."""
+    per_entry = double * 2 * (img_tokens + txt_tokens) + single * (img_tokens + txt_tokens)
+    return (order + 1) * per_entry * batch * hidden * element_size
 
 
 class PerLayerTaylorSeer(StepCache):

@@ -129,3 +129,16 @@ def test_budgeted_bench_rows_fit_their_block_budget(setup):
             assert r["full_steps"] < r["budget"] and r["block_calls"] == r["full_steps"] * n_blocks + 12 - r["full_steps"]
         else:
             assert r["full_steps"] == r["budget"] and r["block_calls"] == r["budget"] * n_blocks
+
+
+def test_cache_size_from_shapes_matches_the_measured_one_and_scales_to_flux(setup):
+    from freqca_lab.perlayer import taylorseer_cache_bytes
+    model, _ = setup
+    out = run(setup, PerLayerTaylorSeer(FixedSchedule(3, 3), 2))
+    c = model.config
+    assert out.cache_bytes == taylorseer_cache_bytes(c.depth, c.depth_single_blocks, c.hidden_size, 64, 2, 2,
+                                                     element_size=4, batch=4)
+    flux = taylorseer_cache_bytes(19, 38, 3072, 4096, 512, 2)  # FLUX.1-dev at 1024x1024, bf16, one stream
+    assert 6.0e9 < flux < 7.0e9
+    crf = 3 * 4096 * 3072 * 2  # a CRF method's history of three image-token states
+    assert flux / crf > 80
