@@ -20,7 +20,10 @@ import torch
 
 from freqca_core.controller import CacheController
 from freqca_core.forecast import ReuseForecaster, TaylorForecaster
-from freqca_core.methods import ForecastMethod, FreqCaMethod
+from freqca_core.methods import ForecastMethod
+from freqca_core.methods.base import EmbeddingResidual
+from freqca_core.methods.freqca import FreqCaMethod
+from freqca_core.methods.restaylor import ResidualTaylorMethod
 from freqca_core.schedule import FixedSchedule
 from freqca_core.spectral import BandSplitter
 
@@ -64,19 +67,26 @@ class StepSeriesForecaster(TaylorForecaster):
         return used + [0.0] * (len(sigmas) - len(used))
 
 
+class ResidualBands(EmbeddingResidual, FreqCaMethod):
+    """Per-band forecasters on ``crf - embedding`` (the current embedding added back at cached steps)."""
+
+
 def crf(name: str, forecaster, residual: bool = False):
-    method = ForecastMethod(name, forecaster)
-    method.residual = residual
-    return lambda s: CacheController(method, s)
+    """The whole CRF (or, with ``residual``, ``crf - embedding``) from one forecaster."""
+    if residual:
+        return banded(forecaster, forecaster, residual=True)
+    return lambda s: CacheController(ForecastMethod(name, forecaster), s)
 
 
 def banded(low, high, residual: bool = False):
-    method = FreqCaMethod(BandSplitter(0.1, "dct"), high, low)
-    method.residual = residual
-    return lambda s: CacheController(method, s)
+    """Low and high band (DCT, cutoff 0.1) from their own forecasters."""
+    cls = ResidualBands if residual else FreqCaMethod
+    return lambda s: CacheController(cls(BandSplitter(0.1, "dct"), high, low), s)
 
 
 METHODS: dict[str, Callable[[Any], Any]] = {
+    "res-taylor-1": lambda s: CacheController(ResidualTaylorMethod(BandSplitter(0.1, "dct"), 1), s),
+    "res-taylor-2": lambda s: CacheController(ResidualTaylorMethod(BandSplitter(0.1, "dct"), 2), s),
     "taylorseer-1": lambda s: PerLayerTaylorSeer(s, 1),
     "taylorseer-2": lambda s: PerLayerTaylorSeer(s, 2),
     "taylorseer-2-exact": lambda s: PerLayerTaylorSeer(s, 2, exact=True),

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from freqca_core.controller import RunStats
 from freqca_core.forecast import TaylorForecaster
-from freqca_core.frdiff import GateSchedule
+from freqca_core.methods.frdiff import GateSchedule
 from freqca_core.schedule import StepLocator, StepSchedule
 from freqca_core.validation import check_int
 

@@ -87,6 +87,21 @@ class ForecastMethod(CacheMethod):
         return {"forecaster": self.forecaster.name, "order": self.history_size - 1}
 
 
+class EmbeddingResidual:
+    """Mixin for methods whose history holds ``crf - embedding`` (what the blocks added to the image rows
+    entering the first block) and whose cached calls add the forecast to the *current* embedding."""
+
+    def encode(self, crf: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
+        if embedding is None or embedding.shape != crf.shape:
+            return None
+        return crf - embedding.to(crf)
+
+    def decode(self, forecast: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
+        if embedding is None or embedding.shape != forecast.shape:
+            return None
+        return forecast + embedding.to(forecast)
+
+
 Schedule = Any  # a StepSchedule or AdaptiveSchedule: anything with ``start_run(locator) -> ScheduleRun``
 
 

@@ -26,7 +26,7 @@ import torch
 from ..forecast import ReuseForecaster
 from ..schedule import StepSchedule, resampled_index
 from ..validation import check_choice, check_float, check_int
-from .base import ForecastMethod, MethodSpec
+from .base import EmbeddingResidual, ForecastMethod, MethodSpec
 
 FULL, ATTN, BOTH = "full", "attn", "both"
 ACTIONS = (FULL, ATTN, BOTH)
@@ -298,7 +298,7 @@ class FEBSchedule(StepSchedule):
         return self.table.action(step, n_steps) != BOTH
 
 
-class FEBMethod(ForecastMethod):
+class FEBMethod(EmbeddingResidual, ForecastMethod):
     """FEB-Cache on the controller. ``both`` steps: the blocks are skipped and their residuals reused, i.e.
     the stored residual ``crf - embedding`` of the last step whose blocks ran plus the current embedding
     (``encode`` / ``decode``). ``attn`` steps: the blocks run with their attention kernels served from the
@@ -318,16 +318,6 @@ class FEBMethod(ForecastMethod):
         counts = {"attention_served": self.attention.hits, "attention_computed": self.attention.misses}
         self.attention.clear()
         return counts
-
-    def encode(self, crf: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
-        if embedding is None or embedding.shape != crf.shape:
-            return None
-        return crf - embedding.to(crf)
-
-    def decode(self, forecast: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
-        if embedding is None or embedding.shape != forecast.shape:
-            return None
-        return forecast + embedding.to(forecast)
 
     def full_call_mode(self, step: int, n_steps: int | None) -> str | None:
         """``"store"`` at full steps, ``"serve"`` at attention-reuse steps (blocks run at both)."""
