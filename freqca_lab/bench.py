@@ -74,7 +74,8 @@ class Spec:
     intervals: tuple[int, ...] = (3, 4, 6, 9)
     methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "frdiff", "adaptive", "feb")
     adaptive_schedule: tuple[str, ...] = ("freqca", "reuse")  # methods also run on the adaptive schedule
-    budgeted: tuple[str, ...] = ("taylorseer-o1", "taylorseer-o2", "dbcache-F1")  # see ``BUDGETED``
+    budgeted: tuple[str, ...] = ("taylorseer-o1", "taylorseer-o2", "dbcache-F1", "taylorseer-o1-w1",
+                                 "taylorseer-o2-w1", "res-taylor-o1", "res-taylor-o2")  # see ``BUDGETED``
     repeats: int = 2
     calib_iters: int = 10
     cfg: float = CFG
@@ -92,14 +93,16 @@ class Config:
 
 @dataclass(frozen=True)
 class Budgeted:
-    """A method run at each full-step budget ``B`` on ``spread_schedule``: ``warmup`` first and ``final``
-    last steps full, the rest spread evenly. ``front`` blocks also run at cached steps, so fewer full steps
-    fit in the ``B * blocks`` block executions of the budget."""
+    """A method run at each full-step budget ``B``: ``warmup`` first and ``final`` last steps full, the rest
+    spread evenly (``schedule="spread"``) or every ``N`` steps with the smallest interval ``N`` that fits
+    (``"fixed"``, the node's ``FixedSchedule``). ``front`` blocks also run at cached steps, so fewer full
+    steps fit in the ``B * blocks`` block executions of the budget."""
 
     make: Callable[[StepSchedule], Any]
     warmup: int = 3
     final: int = 1
     front: int = 0
+    schedule: str = "spread"
     params: dict = field(default_factory=dict)
 
     def full_steps(self, budget: int, steps: int, n_blocks: int) -> int:
@@ -108,12 +111,34 @@ class Budgeted:
             return budget
         return (budget * n_blocks - steps * self.front) // (n_blocks - self.front)
 
+    def step_schedule(self, steps: int, n_full: int, warmup: int) -> tuple[StepSchedule, dict]:
+        """The schedule with at most ``n_full`` full steps of ``steps``, and its parameters."""
+        params = {"warmup": warmup, "final_full_steps": self.final, "schedule": self.schedule,
+                  "target_full_steps": n_full}
+        if self.schedule == "spread":
+            return spread_schedule(steps, n_full, warmup, self.final), params
+        interval = next((n for n in range(1, steps + 1)
+                         if len(FixedSchedule(warmup, n, self.final).full_steps(steps)) <= n_full), steps)
+        return FixedSchedule(warmup, interval, self.final), {**params, "interval": interval}
 
-BUDGETED = {  # per-layer baselines with the papers' first/last-step handling (TaylorSeer: 3 first, last full)
+
+def _res_taylor(order: int) -> Callable[[StepSchedule], CacheController]:
+    return lambda s: CacheController(CacheConfig(method="res-taylor", taylor_order=order).new_method(), s)
+
+
+BUDGETED = {
+    # per-layer baselines with the papers' first/last-step handling (TaylorSeer: 3 first, last full) ...
     "taylorseer-o1": Budgeted(lambda s: PerLayerTaylorSeer(s, 1), params={"order": 1, "forecast": "per layer"}),
     "taylorseer-o2": Budgeted(lambda s: PerLayerTaylorSeer(s, 2), params={"order": 2, "forecast": "per layer"}),
     "dbcache-F1": Budgeted(lambda s: DBCache(s, 1, front=1), final=0, front=1,
                            params={"order": 1, "front_blocks": 1, "back_blocks": 0}),
+    # ... and on res-taylor's schedule (warm-up 1, last step full, every N), which suits them too
+    "taylorseer-o1-w1": Budgeted(lambda s: PerLayerTaylorSeer(s, 1), 1, 1, schedule="fixed",
+                                 params={"order": 1, "forecast": "per layer"}),
+    "taylorseer-o2-w1": Budgeted(lambda s: PerLayerTaylorSeer(s, 2), 1, 1, schedule="fixed",
+                                 params={"order": 2, "forecast": "per layer"}),
+    "res-taylor-o1": Budgeted(_res_taylor(1), 1, 1, schedule="fixed", params={"order": 1}),
+    "res-taylor-o2": Budgeted(_res_taylor(2), 1, 1, schedule="fixed", params={"order": 2}),
 }
 
 
@@ -153,9 +178,8 @@ def budgeted_configs(spec: Spec, budgets: list[int], n_blocks: int) -> list[Conf
             warmup = min(entry.warmup, n_full - entry.final)
             if warmup < 1:
                 continue
-            schedule = spread_schedule(spec.steps, n_full, warmup, entry.final)
-            params = {"warmup": warmup, "final_full_steps": entry.final, "schedule": "spread",
-                      "target_full_steps": n_full, **entry.params}
+            schedule, params = entry.step_schedule(spec.steps, n_full, warmup)
+            params = {**params, **entry.params}
             configs.append(Config(name, params, budget, lambda s=schedule, e=entry: e.make(s),
                                   lambda e=entry: e.make(FixedSchedule(warmup=1, interval=1000))))
     return configs

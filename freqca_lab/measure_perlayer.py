@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
                     if row["block_ratio"] <= budget / args.steps + 1e-9 and (best is None or psnr > best["psnr"]):
                         best = row
             if best:
-                print(f"{name:22s} B={budget:2d} best {best['psnr']:6.2f} dB (w={best['warmup']} f={best['final']} g={best['gamma']} "
+                print(f"{name:22s} B={budget:2d} best {best['psnr']:6.2f} dB (w={best['warmup']} f={best['final']} "
+                      f"g={best['gamma']} "
                       f"full={best['full_steps']} ratio={best['block_ratio']:.3f})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -9,17 +9,23 @@ from typing import Any, Sequence
 import torch
 
 METHOD_ORDER = ("none", "freqca", "freqca-adaptive", "reuse", "reuse-adaptive", "taylor", "frdiff", "adaptive",
-                "feb", "taylorseer-o1", "taylorseer-o2", "dbcache-F1")
+                "feb", "taylorseer-o1", "taylorseer-o2", "dbcache-F1", "taylorseer-o1-w1", "taylorseer-o2-w1",
+                "res-taylor-o1", "res-taylor-o2")
 METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "freqca-adaptive": "FreqCa, adaptive schedule",
                 "reuse": "reuse (FORA-like)", "reuse-adaptive": "reuse, adaptive schedule",
                 "taylor": "Taylor-2 (TaylorSeer-like)", "frdiff": "FRDiff (reuse + score mixing)",
                 "adaptive": "adaptive output (TeaCache/EasyCache-like)", "feb": "FEB-Cache",
                 "taylorseer-o1": "TaylorSeer per layer, order 1", "taylorseer-o2": "TaylorSeer per layer, order 2",
-                "dbcache-F1": "DBCache F1B0 + TaylorSeer-1 (cache-dit-like)"}
+                "dbcache-F1": "DBCache F1B0 + TaylorSeer-1 (cache-dit-like)",
+                "taylorseer-o1-w1": "TaylorSeer per layer, order 1",
+                "taylorseer-o2-w1": "TaylorSeer per layer, order 2",
+                "res-taylor-o1": "res-taylor, order 1", "res-taylor-o2": "res-taylor, order 2"}
 COLOURS = {"none": (0, 0, 0), "freqca": (214, 39, 40), "freqca-adaptive": (148, 103, 189),
            "reuse": (31, 119, 180), "reuse-adaptive": (23, 190, 207), "taylor": (44, 160, 44),
            "frdiff": (140, 86, 75), "adaptive": (255, 127, 14), "feb": (227, 119, 194),
-           "taylorseer-o1": (127, 127, 127), "taylorseer-o2": (60, 60, 60), "dbcache-F1": (188, 189, 34)}
+           "taylorseer-o1": (127, 127, 127), "taylorseer-o2": (60, 60, 60), "dbcache-F1": (188, 189, 34),
+           "taylorseer-o1-w1": (170, 170, 170), "taylorseer-o2-w1": (100, 100, 100),
+           "res-taylor-o1": (0, 128, 0), "res-taylor-o2": (0, 80, 160)}
 TIMING_NOTE = "timing only (random weights), fidelity not meaningful"
 
 
@@ -53,7 +59,7 @@ def run_label(run: dict) -> str:
         return f"{run['method']} tol={p['tolerance']:.3g}"
     if run["method"] == "feb":
         return f"feb {p['level']}"
-    if p.get("schedule") == "spread":
+    if p.get("schedule") in ("spread", "fixed"):
         return f"{run['method']} B={run['budget']}"
     return f"{run['method']} N={p['interval']}"
 
@@ -117,6 +123,9 @@ def markdown_table(result: dict) -> str:
             sched = f"warm-up {p['warmup']}, tolerance {p['tolerance']:.3g} (budget {run['budget']})"
         elif p.get("schedule") == "spread":
             sched = (f"{p['target_full_steps']} spread: warm-up {p['warmup']}, final {p['final_full_steps']} "
+                     f"(budget {run['budget']})")
+        elif p.get("schedule") == "fixed":
+            sched = (f"warm-up {p['warmup']}, N={p['interval']}, final {p['final_full_steps']} "
                      f"(budget {run['budget']})")
         else:
             sched = f"warm-up {p['warmup']}, N={p['interval']}"

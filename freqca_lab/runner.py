@@ -8,7 +8,8 @@ counts what ran: block executions (forward hooks on every block), full and cache
 
 ``method`` may be ``None`` (uncached), a ``CacheController`` (CRF caching: FreqCa, reuse, taylor), a cache
 inside the blocks (``perlayer``: anything with ``start_run(sigmas)``, ``model_call(model, x, sigma, context,
-y, guidance) -> v`` and ``end_run() -> RunStats``) or an output-space cache (``baselines.AdaptiveOutputCache``: anything with ``start_run(sigmas)``,
+y, guidance) -> v`` and ``end_run() -> RunStats``) or an output-space cache
+(``baselines.AdaptiveOutputCache``: anything with ``start_run(sigmas)``,
 ``__call__(x, sigma, compute) -> v`` and ``end_run() -> RunStats``).
 """
 from __future__ import annotations
