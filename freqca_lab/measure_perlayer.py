@@ -23,7 +23,7 @@ from freqca_core.forecast import ReuseForecaster, TaylorForecaster
 from freqca_core.methods import ForecastMethod
 from freqca_core.methods.base import EmbeddingResidual
 from freqca_core.methods.freqca import FreqCaMethod
-from freqca_core.methods.restaylor import ResidualTaylorMethod
+from freqca_core.methods.restaylor import ResidualBandTaylorMethod, ResidualTaylorMethod
 from freqca_core.schedule import FixedSchedule
 from freqca_core.spectral import BandSplitter
 
@@ -85,8 +85,8 @@ def banded(low, high, residual: bool = False):
 
 
 METHODS: dict[str, Callable[[Any], Any]] = {
-    "res-taylor-1": lambda s: CacheController(ResidualTaylorMethod(BandSplitter(0.1, "dct"), 1), s),
-    "res-taylor-2": lambda s: CacheController(ResidualTaylorMethod(BandSplitter(0.1, "dct"), 2), s),
+    "res-taylor-1": lambda s: CacheController(ResidualTaylorMethod(1), s),
+    "res-taylor-2": lambda s: CacheController(ResidualBandTaylorMethod(BandSplitter(0.1, "dct"), 2), s),
     "taylorseer-1": lambda s: PerLayerTaylorSeer(s, 1),
     "taylorseer-2": lambda s: PerLayerTaylorSeer(s, 2),
     "taylorseer-2-exact": lambda s: PerLayerTaylorSeer(s, 2, exact=True),

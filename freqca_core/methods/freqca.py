@@ -32,10 +32,9 @@ class FreqCaMethod(CacheMethod):
         dtype = history.entries[0].crf.dtype
         acc = torch.promote_types(dtype, torch.float32)
         high = weighted_sum(history, high_w, acc)
-        correction_w = [r - h for r, h in zip(low_w, high_w)]
-        if any(c != 0.0 for c in correction_w):  # both bands alike (e.g. one entry): no low-pass needed
-            high = high + self.splitter.low(weighted_sum(history, correction_w, acc), layout)
-        return high.to(dtype)
+        correction = weighted_sum(history, [r - h for r, h in zip(low_w, high_w)], acc)
+        out = high + self.splitter.low(correction, layout)
+        return out.to(dtype)
 
     def describe(self) -> dict:
         return {"cutoff": self.splitter.cutoff, "transform": self.splitter.transform,

@@ -134,7 +134,8 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
     assert data["resolution"] == [32, 32] and data["timing_only"] is False
     methods = [r["method"] for r in data["runs"]]
     assert methods == ["none", "freqca", "reuse", "taylor", "frdiff", "adaptive", "freqca-adaptive",
-                       "reuse-adaptive", "feb", "feb", "feb"]
+                       "reuse-adaptive", "feb", "feb", "feb", *bench.BUDGETED]
+    assert all(r["block_ratio"] <= r["budget_ratio"] for r in data["runs"] if r["method"] in bench.BUDGETED)
     for r in data["runs"]:
         assert all(key in r for key in CONTRACT), r
         assert 1 <= r["full_steps"] <= 6 and 0 < r["nfe_ratio"] <= 1

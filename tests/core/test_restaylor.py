@@ -7,7 +7,7 @@ import torch
 from freqca_core import CacheConfig
 from freqca_core.controller import CacheController
 from freqca_core.methods import METHODS
-from freqca_core.methods.restaylor import ResidualTaylorMethod
+from freqca_core.methods.restaylor import ResidualBandTaylorMethod, ResidualTaylorMethod
 from freqca_core.schedule import FixedSchedule
 from freqca_core.spectral import BandSplitter, TokenLayout
 
@@ -27,7 +27,8 @@ def trajectory(order_low: int, order_high: int):
 def run(order: int, residual, sigmas, full_every: int = 3):
     """A controller run over ``sigmas``: full calls store ``embedding + residual(sigma)``; returns the
     cached calls' ``(crf, expected)`` pairs."""
-    ctrl = CacheController(ResidualTaylorMethod(SPLIT, order), FixedSchedule(warmup=1, interval=full_every))
+    method = ResidualTaylorMethod(order) if order <= 1 else ResidualBandTaylorMethod(SPLIT, order)
+    ctrl = CacheController(method, FixedSchedule(warmup=1, interval=full_every))
     ctrl.start_run(sigmas)
     pairs = []
     for i, s in enumerate(sigmas[:-1]):
@@ -66,15 +67,17 @@ def test_registry_and_config():
     assert "res-taylor" in METHODS
     config = CacheConfig(method="res-taylor", warmup=1, interval=4, final_full=1, taylor_order=2)
     method = config.new_method(50)
-    assert isinstance(method, ResidualTaylorMethod) and method.order == 2 and method.history_size == 3
-    assert method.describe()["order"] == 2
+    assert isinstance(method, ResidualBandTaylorMethod) and method.history_size == 3
+    assert method.describe()["order"] == 2 and method.name == "res-taylor"
+    linear = CacheConfig(method="res-taylor", taylor_order=1).new_method(50)
+    assert isinstance(linear, ResidualTaylorMethod) and linear.describe()["order"] == 1 and linear.history_size == 2
     assert len(config.step_schedule().full_steps(50)) == 14  # steps 0, 4, ..., 48 and the last one
     with pytest.raises(ValueError, match="taylor_order"):
         CacheConfig(method="res-taylor", taylor_order=4)
 
 
 def test_needs_the_embedding():
-    ctrl = CacheController(ResidualTaylorMethod(SPLIT, 1), FixedSchedule(warmup=1, interval=100))
+    ctrl = CacheController(ResidualTaylorMethod(1), FixedSchedule(warmup=1, interval=100))
     ctrl.start_run([1.0, 0.5, 0.0])
     full = ctrl.plan(1.0, (0,), 1, LAYOUT, embedding=torch.zeros(1, 64, 4))
     ctrl.record(full, torch.ones(1, 64, 4), embedding=torch.zeros(1, 64, 4))
