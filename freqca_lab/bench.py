@@ -75,7 +75,8 @@ class Spec:
     methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "frdiff", "adaptive", "feb")
     adaptive_schedule: tuple[str, ...] = ("freqca", "reuse")  # methods also run on the adaptive schedule
     budgeted: tuple[str, ...] = ("taylorseer-o1", "taylorseer-o2", "dbcache-F1", "taylorseer-o1-w1",
-                                 "taylorseer-o2-w1", "res-taylor-o1", "res-taylor-o2")  # see ``BUDGETED``
+                                 "taylorseer-o2-w1", "res-taylor-o1", "res-taylor-o1-spread",
+                                 "res-taylor-o2-w2")  # see ``BUDGETED``
     repeats: int = 2
     calib_iters: int = 10
     cfg: float = CFG
@@ -132,13 +133,16 @@ BUDGETED = {
     "taylorseer-o2": Budgeted(lambda s: PerLayerTaylorSeer(s, 2), params={"order": 2, "forecast": "per layer"}),
     "dbcache-F1": Budgeted(lambda s: DBCache(s, 1, front=1), final=0, front=1,
                            params={"order": 1, "front_blocks": 1, "back_blocks": 0}),
-    # ... and on res-taylor's schedule (warm-up 1, last step full, every N), which suits them too
-    "taylorseer-o1-w1": Budgeted(lambda s: PerLayerTaylorSeer(s, 1), 1, 1, schedule="fixed",
+    # ... and with warm-up 1, the last step full and the rest spread evenly, which suits them better
+    "taylorseer-o1-w1": Budgeted(lambda s: PerLayerTaylorSeer(s, 1), 1, 1,
                                  params={"order": 1, "forecast": "per layer"}),
-    "taylorseer-o2-w1": Budgeted(lambda s: PerLayerTaylorSeer(s, 2), 1, 1, schedule="fixed",
+    "taylorseer-o2-w1": Budgeted(lambda s: PerLayerTaylorSeer(s, 2), 1, 1,
                                  params={"order": 2, "forecast": "per layer"}),
+    # res-taylor: on the node's fixed schedule (warm-up 1, every N, last step full), spread like the above,
+    # and at order 2 with warm-up 2
     "res-taylor-o1": Budgeted(_res_taylor(1), 1, 1, schedule="fixed", params={"order": 1}),
-    "res-taylor-o2": Budgeted(_res_taylor(2), 1, 1, schedule="fixed", params={"order": 2}),
+    "res-taylor-o1-spread": Budgeted(_res_taylor(1), 1, 1, params={"order": 1}),
+    "res-taylor-o2-w2": Budgeted(_res_taylor(2), 2, 1, params={"order": 2}),
 }
 
 

@@ -10,7 +10,7 @@ import torch
 
 METHOD_ORDER = ("none", "freqca", "freqca-adaptive", "reuse", "reuse-adaptive", "taylor", "frdiff", "adaptive",
                 "feb", "taylorseer-o1", "taylorseer-o2", "dbcache-F1", "taylorseer-o1-w1", "taylorseer-o2-w1",
-                "res-taylor-o1", "res-taylor-o2")
+                "res-taylor-o1", "res-taylor-o1-spread", "res-taylor-o2-w2")
 METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "freqca-adaptive": "FreqCa, adaptive schedule",
                 "reuse": "reuse (FORA-like)", "reuse-adaptive": "reuse, adaptive schedule",
                 "taylor": "Taylor-2 (TaylorSeer-like)", "frdiff": "FRDiff (reuse + score mixing)",
@@ -19,13 +19,14 @@ METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "freqca-adaptive": "Freq
                 "dbcache-F1": "DBCache F1B0 + TaylorSeer-1 (cache-dit-like)",
                 "taylorseer-o1-w1": "TaylorSeer per layer, order 1",
                 "taylorseer-o2-w1": "TaylorSeer per layer, order 2",
-                "res-taylor-o1": "res-taylor, order 1", "res-taylor-o2": "res-taylor, order 2"}
+                "res-taylor-o1": "res-taylor, order 1", "res-taylor-o1-spread": "res-taylor, order 1",
+                "res-taylor-o2-w2": "res-taylor, order 2"}
 COLOURS = {"none": (0, 0, 0), "freqca": (214, 39, 40), "freqca-adaptive": (148, 103, 189),
            "reuse": (31, 119, 180), "reuse-adaptive": (23, 190, 207), "taylor": (44, 160, 44),
            "frdiff": (140, 86, 75), "adaptive": (255, 127, 14), "feb": (227, 119, 194),
            "taylorseer-o1": (127, 127, 127), "taylorseer-o2": (60, 60, 60), "dbcache-F1": (188, 189, 34),
            "taylorseer-o1-w1": (170, 170, 170), "taylorseer-o2-w1": (100, 100, 100),
-           "res-taylor-o1": (0, 128, 0), "res-taylor-o2": (0, 80, 160)}
+           "res-taylor-o1": (0, 128, 0), "res-taylor-o1-spread": (0, 200, 0), "res-taylor-o2-w2": (0, 80, 160)}
 TIMING_NOTE = "timing only (random weights), fidelity not meaningful"
 
 
