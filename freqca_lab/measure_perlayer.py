@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--calibration", action="store_true")
-    p.add_argument("--methods", type=str, default=",".join(METHODS))
-    p.add_argument("--warmups", type=str, default="2,3")
+    p.add_argument("--methods", type=str, default="taylorseer-1,taylorseer-2,dbcache-F1-1,res-taylor-1,res-taylor-2",
+                   help=f"comma-separated, from: {', '.join(METHODS)}")
+    p.add_argument("--warmups", type=str, default="1,2,3")
     p.add_argument("--finals", type=str, default="0,1,2")
     p.add_argument("--gammas", type=str, default="1")
     p.add_argument("--budgets", type=str, help="comma-separated full-step budgets (default: the benchmark's)")
