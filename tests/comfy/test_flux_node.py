@@ -49,7 +49,7 @@ def assert_cached_and_sane(out: torch.Tensor, reference: torch.Tensor) -> None:
 
 def test_every_method_runs(pack, flux, conds):
     reference = sample(flux, *conds, steps=STEPS)
-    for method in ("freqca", "reuse", "taylor", "frdiff", "feb"):
+    for method in ("freqca", "reuse", "taylor", "frdiff", "feb", "res-taylor"):
         assert_cached_and_sane(sample(accelerate(pack, flux, method=method), *conds, steps=STEPS), reference)
 
 
@@ -191,6 +191,20 @@ def test_frdiff_and_feb_fidelity_on_the_trained_testbed(pack, testbed, method, m
     if method == "feb":
         unscaled = sample(accelerate(pack, testbed, exposure_delta=1.0, **settings), *conds, **run)
         assert not torch.equal(unscaled, fast) and psnr(unscaled, reference) > min_psnr
+
+
+def test_res_taylor_on_the_trained_testbed_adds_the_current_embedding(pack, testbed):
+    """res-taylor through the node: the adapter hands it the image embedding (cached steps add the current one
+    to the forecast of what the blocks add), and at equal steps it is closer to uncached than the Taylor-1
+    forecast of the whole CRF."""
+    conds = prompt_conditioning(4)
+    run = dict(steps=28, cfg=3.0, latent=pixel_latent(), seed=3)
+    reference = sample(testbed, *conds, **run)
+    settings = dict(interval=4, warmup_steps=1, final_full_steps=1, taylor_order=1)
+    res = sample(accelerate(pack, testbed, method="res-taylor", **settings), *conds, **run)
+    plain = sample(accelerate(pack, testbed, method="taylor", **settings), *conds, **run)
+    print(f"res-taylor {psnr(res, reference):.2f} dB, taylor {psnr(plain, reference):.2f} dB")
+    assert psnr(res, reference) > psnr(plain, reference) > 25
 
 
 def test_frdiff_learned_gates_file(pack, flux, conds, freqca_dirs):
