@@ -25,7 +25,9 @@ from .families import FAMILIES, detect_family
 from .files import NO_FILE, create_model_folder, gates_file_options, load_gates
 from .attach import FreqCaSettings, apply_freqca
 
-DEFAULTS = CacheConfig()
+# The node's defaults: the configuration that wins the most budgets on the testbed (README "Methods": res-taylor,
+# order 1, warm-up 1, the last step full); CacheConfig's own defaults are the paper's FreqCa, one click away.
+DEFAULTS = CacheConfig(method="res-taylor", warmup=1, final_full=1, taylor_order=1)
 SUPPORTED = "; ".join(f.name for f in FAMILIES)
 OPTIONS = io.Custom("FREQCA_OPTIONS")
 
@@ -120,11 +122,13 @@ class FreqCaOptions(io.ComfyNode):
                                tooltip="Adaptive schedule only: the expected relative feature error allowed "
                                        "at a cached step (noise-weighted). Lower is more faithful and slower."),
                 io.Int.Input("taylor_order", default=DEFAULTS.taylor_order, min=0, max=3,
-                             tooltip="Method taylor: order of the forecast (0 = reuse, 1 = linear, 2 = "
-                                     "quadratic). Lower orders extrapolate more safely over long intervals."),
+                             tooltip="Methods taylor and res-taylor: order of the forecast (0 = reuse, 1 = "
+                                     "linear, 2 = quadratic; res-taylor at 2+: the low band at this order, the "
+                                     "high band linear). Lower orders extrapolate more safely over long "
+                                     "intervals."),
                 io.Float.Input("cutoff", default=DEFAULTS.cutoff, min=0.0, max=1.0, step=0.01,
-                               tooltip="Method freqca: radius of the low band as a fraction of the highest "
-                                       "frequency. The low band is reused, the rest forecast."),
+                               tooltip="Methods freqca and res-taylor (order 2+): radius of the low band as a "
+                                       "fraction of the highest frequency."),
                 io.Float.Input("hermite_scale", default=DEFAULTS.hermite_scale, min=0.01, max=2.0, step=0.01,
                                tooltip="Method freqca: scale of the Hermite forecast (paper: 0.71)."),
                 io.Combo.Input("feb_level", options=list(FEB_LEVELS), default=DEFAULTS.feb_level,

@@ -31,8 +31,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def accelerate(model, **inputs):
-    """The nodes applied as ComfyUI would, at this file's interval and warm-up; returns the patched model."""
-    return H.apply_node(model, **{"method": "freqca", "interval": INTERVAL, "warmup_steps": WARMUP, **inputs})
+    """The nodes applied as ComfyUI would, at this file's interval and warm-up, no final full steps; returns the
+    patched model."""
+    return H.apply_node(model, **{"method": "freqca", "interval": INTERVAL, "warmup_steps": WARMUP,
+                                  "final_full_steps": 0, **inputs})
 
 
 def full_steps(steps: int = STEPS) -> int:
@@ -267,6 +269,20 @@ def run_summary(caplog, model, case: Case, conds) -> tuple[torch.Tensor, str]:
 FLUX_CASE = Case(lambda seed, init=None: H.build_flux(seed, init=init), lambda: H.flux_conditioning(seed=2),
                  (1, 16, 12, 10), 5)
 METHOD_CASES = {"flux": FLUX_CASE, **CASES}
+
+
+@pytest.mark.parametrize("method", ["freqca", "reuse", "taylor", "res-taylor"])
+@pytest.mark.parametrize("name", list(METHOD_CASES))
+def test_every_forecasting_method_skips_the_blocks_at_cached_steps(pack, comfyui, caplog, name, method):
+    """The methods that forecast the CRF on the step schedule: blocks run only at its full steps, and the
+    output stays close to the uncached one on every family (res-taylor also reads the first block's input)."""
+    case = METHOD_CASES[name]
+    model, conds = case.build(seed=1), case.conditioning()
+    reference = H.sample(model, *conds, steps=STEPS, shape=case.shape)
+    with H.count_block_calls(model) as calls:
+        out, summary = run_summary(caplog, accelerate(model, method=method, taylor_order=1), case, conds)
+    assert calls.total == full_steps() * case.blocks and f"({method}, interval {INTERVAL})" in summary
+    assert torch.isfinite(out).all() and 0 < H.rel_l1(out, reference) < MAX_REL_L1
 
 
 @pytest.mark.parametrize("name", list(METHOD_CASES))

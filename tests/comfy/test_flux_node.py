@@ -14,8 +14,10 @@ N_BLOCKS = 5  # harness FLUX_CONFIG: 2 double + 3 single
 
 
 def accelerate(pack, model, **inputs):
-    """The nodes applied as ComfyUI would (interval 4, warm-up 2 unless given); returns the patched model."""
-    return apply_node(model, **{"method": "freqca", "interval": 4, "warmup_steps": 2, **inputs})
+    """The nodes applied as ComfyUI would (freqca, interval 4, warm-up 2, no final full steps unless given);
+    returns the patched model."""
+    return apply_node(model, **{"method": "freqca", "interval": 4, "warmup_steps": 2, "final_full_steps": 0,
+                                **inputs})
 
 
 def expected_full_steps(steps, interval, warmup):

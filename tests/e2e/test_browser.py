@@ -267,10 +267,10 @@ def test_front_end_shows_freqca_feedback(comfy_server, chromium, tmp_path):
     example = report["example"]
     assert example["count"] == 1 and example["title"] == "FreqCa Accelerate"
     assert example["widgets"][:len(EXPECTED_WIDGETS)] == EXPECTED_WIDGETS and "freqca_timeline" in example["widgets"]
-    assert example["values"][:len(EXPECTED_WIDGETS)] == ["freqca", 6, 3, 0, 0, 1]
-    # 28 steps of the workflow's KSampler, warm-up 3, interval 6: full steps 0, 1, 2, 8, 14, 20, 26
-    assert example["view"]["title"].startswith("planned 7/28 full"), example["view"]
-    assert example["view"]["timeline"] == "FFF" + "cccccF" * 4 + "c", example["view"]
+    assert example["values"][:len(EXPECTED_WIDGETS)] == ["res-taylor", 6, 1, 1, 0, 1]
+    # 28 steps of the workflow's KSampler, warm-up 1, interval 6, the last step full: full steps 0, 6, 12, 18, 24, 27
+    assert example["view"]["title"].startswith("planned 6/28 full"), example["view"]
+    assert example["view"]["timeline"] == "Fccccc" * 4 + "FccF", example["view"]
 
     assert report["bypassed"]["title"] == "FreqCa off (bypassed)" and not report["bypassed"]["timeline"]
     assert report["planned"]["title"].startswith("planned 6/12 full"), report["planned"]
