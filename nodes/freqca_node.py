@@ -14,7 +14,7 @@ several values (end before start, a combo sent by the API) raise at execution wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from comfy_api.latest import ComfyExtension, io
 
@@ -95,7 +95,9 @@ class FreqCaAccelerate(io.ComfyNode):
             raise ValueError(f"end_percent ({end_percent}) must be >= start_percent ({start_percent})")
         options = options or AdvancedOptions()
         family = detect_family(model.get_model_object("diffusion_model"))
-        cache = CacheConfig(method, interval, warmup_steps, final_full_steps, fit_short_runs=True, **options.cache)
+        # the node's defaults for everything a FreqCa Options node would set (without one: DEFAULTS' values)
+        cache = replace(DEFAULTS, method=method, interval=interval, warmup=warmup_steps, final_full=final_full_steps,
+                        fit_short_runs=True, **options.cache)
         sampling = model.get_model_object("model_sampling")
         settings = FreqCaSettings(cache, float(sampling.percent_to_sigma(start_percent)),
                                   float(sampling.percent_to_sigma(end_percent)), options.verbose,

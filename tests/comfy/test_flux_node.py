@@ -256,3 +256,18 @@ def test_a_second_freqca_node_in_the_chain_is_warned_about_and_the_later_one_app
     with count_block_calls(flux) as calls:
         sample(second, *conds, steps=STEPS)
     assert calls.total == expected_full_steps(STEPS, 5, 2) * N_BLOCKS != expected_full_steps(STEPS, 2, 2) * N_BLOCKS
+
+
+def test_without_an_options_node_the_nodes_defaults_apply(pack, flux):
+    """FreqCa Accelerate alone runs its advanced settings at the node's defaults (the FreqCa Options node's),
+    not at CacheConfig's (the paper's): res-taylor forecasts at order 1."""
+    from comfyui_freqca.nodes.attach import SETTINGS_KEY
+    from comfyui_freqca.nodes.freqca_node import DEFAULTS, FreqCaAccelerate, FreqCaOptions
+
+    alone = FreqCaAccelerate.execute(flux, "res-taylor", 6, 1, 1, 0.0, 1.0).result[0]
+    cache = alone.model_options["transformer_options"][SETTINGS_KEY].cache
+    options = {i.id: i.default for i in FreqCaOptions.define_schema().inputs}
+    assert cache.taylor_order == DEFAULTS.taylor_order == options["taylor_order"] == 1
+    assert (cache.schedule, cache.cutoff, cache.feb_level) == (options["schedule"], options["cutoff"],
+                                                               options["feb_level"])
+    assert cache.new_controller(28).method.describe()["order"] == 1
