@@ -210,9 +210,10 @@ def run_peer_node(cls: type, model, settings: dict):
 
 
 def pack_settings(methods: Iterable[str] | None, intervals: Iterable[int]) -> list[dict]:
-    """The pack's sweep, from its nodes' schemas (FreqCa Accelerate and FreqCa Options): every method x
-    interval x final_full_steps 0/1, Taylor orders 1 and 2, every FEB level (FEB's table replaces the
-    interval schedule)."""
+    """The pack's sweep, from its nodes' schemas (FreqCa Accelerate and FreqCa Options) and its method registry:
+    every method x interval x final_full_steps 0/1, Taylor orders 1 and 2 for the methods that read
+    ``taylor_order``, every FEB level (FEB's table replaces the interval schedule); warm-up at the node's default."""
+    from comfyui_freqca.freqca_core.methods import REGISTRY
     from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate, FreqCaOptions
 
     inputs = {**node_inputs(FreqCaAccelerate), **node_inputs(FreqCaOptions)}
@@ -223,7 +224,7 @@ def pack_settings(methods: Iterable[str] | None, intervals: Iterable[int]) -> li
         if method == "feb" and "feb_level" in inputs:
             out += [{"method": "feb", "feb_level": level} for level in inputs["feb_level"]["options"]]
             continue
-        variants = orders if method == "taylor" else [{}]
+        variants = orders if "taylor_order" in REGISTRY[method].options else [{}]
         for variant, interval, final in itertools.product(variants, intervals, (0, 1)):
             out.append({"method": method, **variant, "interval": interval, "final_full_steps": final})
     return out
