@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from freqca_core.methods.feb import ATTN, BOTH, FULL, LEVELS, CacheTable, read_json
+from freqca_core.methods.feb import ATTN, SKIP, FULL, LEVELS, CacheTable, read_json
 from freqca_core.validation import check_choice, check_float, check_int
 
 TABLES_FORMAT = "freqca-feb-tables"
@@ -112,7 +112,7 @@ def derive_table(attn_change: Sequence[float] | torch.Tensor, mlp_change: Sequen
       * otherwise accumulate ``A += attn_change[i]``, ``M += mlp_change[i]`` (drift since each component was
         last computed); if ``A > attn_threshold`` or the step would make ``max_run`` non-full steps in a row:
         ``"full"`` and ``A = M = 0``; elif ``M > mlp_threshold``: ``"attn"`` (MLP recomputed, ``M = 0``;
-        attention stays stale); else ``"both"``.
+        attention stays stale); else ``"skip"``.
     A higher level only raises the thresholds, ``max_run`` and lowers the warm-up, so for the same inputs
     it never has more full steps (greedy segmentation is monotone in its threshold).
     """
@@ -141,7 +141,7 @@ def derive_table(attn_change: Sequence[float] | torch.Tensor, mlp_change: Sequen
                 actions.append(ATTN)
                 acc_m = 0.0
             else:
-                actions.append(BOTH)
+                actions.append(SKIP)
     info = {"rule": "derive_table", "level": level if isinstance(level, str) else "custom",
             "thresholds": {"attn": lv.attn_threshold, "mlp": lv.mlp_threshold, "max_run": lv.max_run,
                            "warmup": lv.warmup}}

@@ -12,7 +12,7 @@
 4. Exposure bias: a simple cache (CRF reused at every other step) with the flow ``exposure_scale`` at the
    cached steps, PSNR against uncached for several deltas; and the derived tables run end to end through
    the ``CacheController`` (``FEBMethod``: attention kernels served at ``attn`` steps, the last computed
-   block residuals at ``both`` steps).
+   block residuals at ``skip`` steps).
 """
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def reuse_every_other(delta: float) -> CacheController:
 
 
 def feb(table: CacheTable, delta: float = 1.0) -> CacheController:
-    """FEB-Cache with ``table``: attention kernels served at ``attn`` steps, block residuals at ``both``."""
+    """FEB-Cache with ``table``: attention kernels served at ``attn`` steps, block residuals at ``skip``."""
     return CacheConfig(method="feb", feb_table=table, exposure_delta=delta).new_controller(table.n_ref)
 
 

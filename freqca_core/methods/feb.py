@@ -3,7 +3,7 @@ exposure-bias reduction at cached steps. Pure torch; never imports ComfyUI.
 
 - ``CacheTable``: one action per sampler step, ``"full"`` (blocks run, attention kernels computed and
   stored), ``"attn"`` (blocks run, every attention kernel call returns the output stored at the last full
-  step: projections and MLPs still run) or ``"both"`` (attention and MLP outputs of every block reused =
+  step: projections and MLPs still run) or ``"skip"`` (attention and MLP outputs of every block reused =
   blocks skipped; since every block is residual this is ``crf_last + (embedding_now - embedding_last)``).
   A table is written for a reference step count and resampled by step fraction for other counts.
 - ``default_table``: a fixed pattern for models without measurements (tables derived from measurements:
@@ -28,9 +28,9 @@ from ..schedule import StepSchedule, resampled_index
 from ..validation import check_choice, check_float, check_int
 from .base import EmbeddingResidual, ForecastMethod, MethodSpec
 
-FULL, ATTN, BOTH = "full", "attn", "both"
-ACTIONS = (FULL, ATTN, BOTH)
-LETTERS = {FULL: "F", ATTN: "a", BOTH: "b"}
+FULL, ATTN, SKIP = "full", "attn", "skip"
+ACTIONS = (FULL, ATTN, SKIP)
+LETTERS = {FULL: "F", ATTN: "a", SKIP: "b"}  # b: blocks bypassed
 PREDICTIONS = ("eps", "flow")
 LEVELS = ("quality", "balanced", "fast")
 TABLE_FORMAT = "freqca-feb-table"
@@ -66,12 +66,12 @@ class CacheTable:
 
     @classmethod
     def parse(cls, letters: str, last_full: bool = True, meta: dict | None = None) -> "CacheTable":
-        """From a timeline string: ``F`` full, ``a`` attn, ``b`` both (spaces ignored), e.g. ``"FabbFabF"``."""
+        """From a timeline string: ``F`` full, ``a`` attn, ``b`` skip (blocks bypassed; spaces ignored), e.g. ``"FabbFabF"``."""
         back = {v: k for k, v in LETTERS.items()}
         letters = "".join(letters.split())
         bad = sorted({c for c in letters if c not in back})
         if bad:
-            raise ValueError(f"table letters must be F (full), a (attn) or b (both); got {''.join(bad)!r}")
+            raise ValueError(f"table letters must be F (full), a (attn) or b (skip: blocks bypassed); got {''.join(bad)!r}")
         return cls([back[c] for c in letters], last_full, dict(meta or {}))
 
     @property
@@ -92,12 +92,12 @@ class CacheTable:
         return [self.action(i, n) for i in range(n)]
 
     def counts(self, n_steps: int | None = None) -> dict[str, int]:
-        """``{"full": .., "attn": .., "both": ..}`` for a run of ``n_steps`` (None: the reference)."""
+        """``{"full": .., "attn": .., "skip": ..}`` for a run of ``n_steps`` (None: the reference)."""
         acts = self.resolve(n_steps)
         return {a: acts.count(a) for a in ACTIONS}
 
     def timeline(self, n_steps: int | None = None) -> str:
-        """One letter per step: ``F`` full, ``a`` attention reused, ``b`` both reused."""
+        """One letter per step: ``F`` full, ``a`` attention reused, ``b`` blocks skipped."""
         return "".join(LETTERS[a] for a in self.resolve(n_steps))
 
     def to_dict(self) -> dict:
@@ -281,7 +281,7 @@ class AttentionCall:
 # ----------------------------------------------------------------------------------- method and schedule
 
 class FEBSchedule(StepSchedule):
-    """The table as a schedule: the blocks run at ``full`` and ``attn`` steps, not at ``both`` steps."""
+    """The table as a schedule: the blocks run at ``full`` and ``attn`` steps, not at ``skip`` steps."""
 
     kind = "table"
 
@@ -295,11 +295,11 @@ class FEBSchedule(StepSchedule):
     def is_full(self, step: int, n_steps: int | None) -> bool:
         if n_steps is None and step >= self.table.n_ref:
             return True  # unknown length, past the table: compute
-        return self.table.action(step, n_steps) != BOTH
+        return self.table.action(step, n_steps) != SKIP
 
 
 class FEBMethod(EmbeddingResidual, ForecastMethod):
-    """FEB-Cache on the controller. ``both`` steps: the blocks are skipped and their residuals reused, i.e.
+    """FEB-Cache on the controller. ``skip`` steps: the blocks are skipped and their residuals reused, i.e.
     the stored residual ``crf - embedding`` of the last step whose blocks ran plus the current embedding
     (``encode`` / ``decode``). ``attn`` steps: the blocks run with their attention kernels served from the
     last full step (``full_call_mode``, ``attention_override``). The outputs of calls that reuse features

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from freqca_core.methods.feb import ATTN, BOTH, FULL, LEVELS, AttentionCache, CacheTable, default_table, exposure_scale
+from freqca_core.methods.feb import ATTN, SKIP, FULL, LEVELS, AttentionCache, CacheTable, default_table, exposure_scale
 from freqca_lab.feb_tables import derive_table, load_tables, pick_table, save_tables
 from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig, attention
 import runs
@@ -19,8 +19,8 @@ torch.set_num_threads(1)
 def test_table_identity_and_forced_steps():
     t = CacheTable.parse("bbabFab", last_full=False)
     assert t.timeline() == "FbabFab"  # step 0 forced full
-    assert [t.action(i) for i in range(7)] == [FULL, BOTH, ATTN, BOTH, FULL, ATTN, BOTH]
-    assert t.counts() == {"full": 2, "attn": 2, "both": 3}
+    assert [t.action(i) for i in range(7)] == [FULL, SKIP, ATTN, SKIP, FULL, ATTN, SKIP]
+    assert t.counts() == {"full": 2, "attn": 2, "skip": 3}
     t2 = CacheTable.parse("FabFab", last_full=True)
     assert t2.action(5, 6) == FULL and t2.timeline() == "FabFaF"
 
@@ -38,7 +38,7 @@ def test_table_resampling_by_fraction():
 
 def test_table_validation_errors():
     with pytest.raises(ValueError, match="action at step 1"):
-        CacheTable([FULL, "skip"])
+        CacheTable([FULL, "blend"])
     with pytest.raises(ValueError, match="letters"):
         CacheTable.parse("FxB")
     with pytest.raises(ValueError, match="table steps"):
@@ -127,7 +127,7 @@ def test_default_table(n):
     assert fulls == sorted(fulls, reverse=True)
     for t in tables.values():
         assert t.n_ref == n and t.action(0) == FULL and t.action(n - 1) == FULL
-    assert tables["quality"].counts()["both"] == 0
+    assert tables["quality"].counts()["skip"] == 0
     warm = max(1, round(0.1 * n))
     assert tables["balanced"].timeline()[:warm + 6] == "F" * warm + "FabFab"
 
