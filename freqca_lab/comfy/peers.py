@@ -278,11 +278,11 @@ class Row:
 
     @property
     def group(self) -> str:
-        """What a row is compared within: a peer node, or one of this node's methods (Taylor: with order)."""
+        """What a row is compared within: a peer node, or one of this node's methods (with its Taylor order)."""
         if self.source == "peer":
             return self.node
         method = self.settings.get("method", "?")
-        if method == "taylor" and "taylor_order" in self.settings:
+        if "taylor_order" in self.settings:
             method += f"-{self.settings['taylor_order']}"
         return f"{PACK} {method}"
 
