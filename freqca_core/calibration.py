@@ -1,0 +1,301 @@
+"""Calibration: choose a method and its full steps for a model from one recorded, uncached trajectory.
+
+**Recording** (``TrajectoryRecorder``): at every step of an uncached run, the CRF ``[b, L, D]`` of each
+stream is kept on the CPU in fp16 after a fixed random projection of ``D`` to ``PROJECTED_DIMS`` (64)
+dimensions (``[b, L, 64]``), with the model output ``[b, ...]`` of the call (for methods that mix outputs).
+Every method's forecast is linear in its history and its band split acts on the token axis, so forecasting
+the projected CRFs equals projecting the forecast; a Gaussian projection keeps the relative error's scale.
+Memory for FLUX.1-dev at 1024² (4096 image tokens, D = 3072, 16 x 128 x 128 latent) and 50 steps, one stream
+(no CFG): 4096 x 64 x 2 B = 0.5 MiB of CRF and 0.5 MiB of output per step, **50 MiB per run** (100 MiB with
+CFG's two streams), against 1.2 GiB per stream for the unprojected fp16 CRFs.
+
+**Scoring** (``calibrate``): open loop, for each ``Candidate`` (a registered method and its parameters) and
+a placement of the full steps, each cached step ``j`` is forecast by the method's own ``predict`` from the
+recorded CRFs of the full steps before it (the method's ``history_size`` newest), and its relative L1 error
+``e_j`` against the recorded CRF is weighted by how much an error there moves the final image:
+``IMAGE_PER_CRF_ERROR * sigma_j * e_j`` (measured on the testbed: caching one step changes the image by about
+0.13 x sigma x the relative CRF error, see ``adaptive.AdaptiveRun._weight``). A method that mixes the last
+full output into a cached call's (FRDiff: ``output_weight``) is scored ``(1 - w) e_j + w o_j``, ``o_j`` the
+relative error of the last full output against the recorded one. The score of a placement is the sum over
+its cached steps, averaged over streams.
+
+**Placements** (``best_placement``): dynamic programming over which steps are full for an exact number of
+full steps (step 0 always full), with the state the method's last ``history_size`` full steps (so the cost
+of every cached step is exact), gaps between full steps at most ``max_gap``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+from .cache import CRFEntry, CRFHistory
+from .methods.base import CacheMethod
+from .spectral import TokenLayout
+from .validation import check_int
+
+PROJECTED_DIMS = 64
+IMAGE_PER_CRF_ERROR = 0.13  # image change per unit of sigma x relative CRF error at one cached step (testbed)
+PROJECTION_SEED = 16
+
+
+@dataclass
+class StreamTrajectory:
+    """One stream's recorded run: per step, the projected CRF ``[b, L, k]`` (float32) and the output, if any."""
+
+    layout: TokenLayout
+    crfs: list[torch.Tensor]
+    outputs: list[torch.Tensor] | None
+
+
+@dataclass
+class Trajectory:
+    """An uncached run: ``sigmas[i]`` of step ``i`` (``n_steps`` values) and each stream's recording."""
+
+    sigmas: list[float]
+    streams: dict[Hashable, StreamTrajectory]
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.sigmas)
+
+
+class TrajectoryRecorder:
+    """Collects the CRFs (projected, fp16, CPU) and outputs of every step of an uncached run."""
+
+    def __init__(self, dims: int = PROJECTED_DIMS, seed: int = PROJECTION_SEED) -> None:
+        self.dims = check_int("dims", dims, 1)
+        self.seed = seed
+        self.sigmas: dict[int, float] = {}
+        self.crfs: dict[Hashable, dict[int, torch.Tensor]] = {}
+        self.outputs: dict[Hashable, dict[int, torch.Tensor]] = {}
+        self.layouts: dict[Hashable, TokenLayout] = {}
+        self._projection: torch.Tensor | None = None
+
+    def project(self, crf: torch.Tensor) -> torch.Tensor:
+        """``[b, L, D]`` -> ``[b, L, min(D, dims)]`` fp16 on the CPU (a fixed Gaussian projection when D > dims)."""
+        crf = crf.detach()
+        width = crf.shape[-1]
+        if width > self.dims:
+            if self._projection is None or self._projection.shape[0] != width:
+                gen = torch.Generator().manual_seed(self.seed)
+                self._projection = torch.randn(width, self.dims, generator=gen) / math.sqrt(self.dims)
+            crf = crf.float() @ self._projection.to(crf.device)
+        return crf.to("cpu", torch.float16)
+
+    def add(self, step: int, sigma: float, stream: Hashable, layout: TokenLayout, crf: torch.Tensor,
+            output: torch.Tensor | None = None) -> None:
+        """Record the computed CRF ``[b, L, D]`` (and model output ``[b, ...]``) of ``stream`` at ``step``."""
+        self.sigmas[step] = float(sigma)
+        self.layouts[stream] = layout
+        self.crfs.setdefault(stream, {})[step] = self.project(crf)
+        if output is not None:
+            self.outputs.setdefault(stream, {})[step] = output.detach().to("cpu", torch.float16)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [t for per in (*self.crfs.values(), *self.outputs.values()) for t in per.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def trajectory(self, n_steps: int) -> Trajectory | None:
+        """The recording as a ``Trajectory`` of ``n_steps`` steps; None unless every stream has every step."""
+        steps = range(n_steps)
+        if not self.crfs or any(i not in self.sigmas for i in steps):
+            return None
+        streams = {}
+        for key, crfs in self.crfs.items():
+            if any(i not in crfs for i in steps):
+                return None
+            outs = self.outputs.get(key, {})
+            outputs = [outs[i].float() for i in steps] if all(i in outs for i in steps) else None
+            streams[key] = StreamTrajectory(self.layouts[key], [crfs[i].float() for i in steps], outputs)
+        return Trajectory([self.sigmas[i] for i in steps], streams)
+
+    def clear(self) -> None:
+        self.sigmas.clear(), self.crfs.clear(), self.outputs.clear(), self.layouts.clear()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration to score: a registered ``method`` with ``params`` (``CacheConfig`` fields)."""
+
+    label: str
+    method: str
+    params: dict = field(default_factory=dict)
+
+    def build(self) -> CacheMethod:
+        from .config import make_method  # the config imports the registry, which imports this module
+        return make_method(self.method, **self.params)
+
+
+# Registered methods that need only the CRF history (and the last full output): FEB-Cache's attention reuse
+# and methods storing residuals need what a CRF recording does not hold.
+CANDIDATES = (
+    Candidate("reuse", "reuse"),
+    Candidate("taylor order 1", "taylor", {"taylor_order": 1}),
+    Candidate("taylor order 2", "taylor", {"taylor_order": 2}),
+    Candidate("freqca", "freqca"),
+    Candidate("frdiff", "frdiff"),
+)
+
+
+def _relative_error(forecast: torch.Tensor, truth: torch.Tensor) -> float:
+    return float((forecast - truth).abs().mean() / truth.abs().mean().clamp_min(1e-12))
+
+
+class StepErrors:
+    """``error(history, j)``: the weighted image error of caching step ``j`` with ``method`` forecasting from
+    the full steps ``history`` (newest first), averaged over the trajectory's streams."""
+
+    def __init__(self, trajectory: Trajectory, method: CacheMethod) -> None:
+        self.trajectory, self.method = trajectory, method
+        self.mix = getattr(method, "output_weight", None)  # FRDiff-like output mixing, if the method has it
+
+    def error(self, history: tuple[int, ...], j: int) -> float:
+        sigmas, n = self.trajectory.sigmas, self.trajectory.n_steps
+        total = 0.0
+        for stream in self.trajectory.streams.values():
+            past = CRFHistory(len(history))
+            past.entries = [CRFEntry(sigmas[k], k, stream.crfs[k]) for k in history]
+            e = _relative_error(self.method.predict(past, sigmas[j], stream.layout), stream.crfs[j])
+            w = self.mix(j, n) if self.mix is not None and stream.outputs is not None else 0.0
+            if w:
+                e = (1 - w) * e + w * _relative_error(stream.outputs[history[0]], stream.outputs[j])
+            total += e if math.isfinite(e) else float("inf")
+        return IMAGE_PER_CRF_ERROR * sigmas[j] * total / len(self.trajectory.streams)
+
+
+def placement_score(errors: Callable[[tuple[int, ...], int], float], full: Sequence[int], n_steps: int,
+                    history_size: int) -> float:
+    """The score of the placement ``full`` (step 0 added): the sum of ``errors(history, j)`` over its cached
+    steps, ``history`` the ``history_size`` newest full steps before ``j``."""
+    chosen = sorted(set(full) | {0})
+    total, history = 0.0, ()
+    for j in range(n_steps):
+        if j in chosen:
+            history = ((j,) + history)[:history_size]
+        else:
+            total += errors(history, j)
+    return total
+
+
+def best_placement(errors: Callable[[tuple[int, ...], int], float], n_steps: int, budget: int,
+                   history_size: int, max_gap: int | None = None) -> tuple[tuple[int, ...], float]:
+    """The full steps (exactly ``budget`` of them, step 0 among them, consecutive ones at most ``max_gap``
+    apart, the run's end at most ``max_gap`` after the last) that minimise ``placement_score``, and that score.
+
+    Dynamic programming over states = the ``history_size`` newest full steps (newest first): a cached step's
+    cost depends on them only, so the optimum is exact. ValueError if no placement fits."""
+    n = check_int("n_steps", n_steps, 1)
+    budget = check_int("full steps", budget, 1, n)
+    h = check_int("history_size", history_size, 1)
+    gap = n if max_gap is None else check_int("max_gap", max_gap, 1)
+    if (budget - 1) * gap + gap < n:
+        raise ValueError(f"{budget} full steps at most {gap} apart cannot cover {n} steps")
+    sums: dict[tuple[int, ...], list[float]] = {}
+
+    def segment(state: tuple[int, ...], m: int) -> float:
+        """Cost of caching the steps strictly between ``state[0]`` and ``m``."""
+        acc = sums.setdefault(state, [0.0])
+        while len(acc) < m - state[0]:
+            acc.append(acc[-1] + errors(state, state[0] + len(acc)))
+        return acc[m - state[0] - 1]
+
+    layer: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {(0,): (0.0, (0,))}
+    for count in range(1, budget):
+        left = budget - count - 1  # full steps still to place after the next one
+        nxt: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {}
+        for state, (cost, steps) in layer.items():
+            for m in range(state[0] + 1, min(n - left, state[0] + gap + 1)):
+                total = cost + segment(state, m)
+                key = ((m,) + state)[:h]
+                if key not in nxt or total < nxt[key][0]:
+                    nxt[key] = (total, steps + (m,))
+        layer = nxt
+    finals = [(cost + segment(state, n), steps) for state, (cost, steps) in layer.items() if n - state[0] <= gap]
+    if not finals:
+        raise ValueError(f"{budget} full steps at most {gap} apart cannot cover {n} steps")
+    cost, steps = min(finals)
+    return steps, cost
+
+
+def even_placement(n_steps: int, budget: int) -> tuple[int, ...]:
+    """``budget`` full steps spread evenly over ``n_steps`` (step 0 first)."""
+    return tuple(i * n_steps // budget for i in range(budget))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What calibration chose: ``method`` with ``params`` on the ``full_steps`` of a run of ``n_steps``;
+    ``score`` its predicted error, ``scores`` each candidate's best score (label -> score) and ``even`` the
+    chosen method's score on evenly spaced full steps."""
+
+    label: str
+    method: str
+    params: dict
+    full_steps: tuple[int, ...]
+    n_steps: int
+    score: float
+    scores: dict = field(default_factory=dict)
+    even: float = float("nan")
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "method": self.method, "params": dict(self.params),
+                "full_steps": list(self.full_steps), "n_steps": self.n_steps, "score": self.score,
+                "scores": dict(self.scores), "even": self.even}
+
+    @classmethod
+    def from_json(cls, data: object) -> "Choice":
+        """Parse ``to_json``'s output; ValueError naming the bad field (the caller calibrates again)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a calibration choice must be a JSON object, got {type(data).__name__}")
+        try:
+            choice = cls(str(data["label"]), str(data["method"]), dict(data["params"]),
+                         tuple(int(s) for s in data["full_steps"]), int(data["n_steps"]), float(data["score"]),
+                         {str(k): float(v) for k, v in dict(data.get("scores", {})).items()},
+                         float(data.get("even", float("nan"))))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"calibration choice: missing or bad field ({exc!r})") from None
+        allowed = {c.method for c in CANDIDATES}
+        if choice.method not in allowed:
+            raise ValueError(f"calibration choice: method must be one of {', '.join(sorted(allowed))}, "
+                             f"got {choice.method!r}")
+        steps = choice.full_steps
+        if choice.n_steps < 1 or not steps or steps[0] != 0 or list(steps) != sorted(set(steps)) \
+                or steps[-1] >= choice.n_steps:
+            raise ValueError(f"calibration choice: full_steps {list(steps)!r:.80} must rise from 0 below "
+                             f"n_steps {choice.n_steps}")
+        Candidate(choice.label, choice.method, choice.params).build()  # validates the parameters
+        return choice
+
+    def text(self) -> str:
+        """One line for a run summary: what was chosen and its predicted error against the alternatives."""
+        others = ", ".join(f"{label} {score:.3g}" for label, score in self.scores.items() if label != self.label)
+        return (f"{self.label} on {len(self.full_steps)}/{self.n_steps} full steps "
+                f"[{','.join(map(str, self.full_steps))}], predicted error {self.score:.3g} "
+                f"(evenly spaced {self.even:.3g}; {others})")
+
+
+def default_max_gap(n_steps: int, budget: int) -> int:
+    """The largest gap searched: twice the even spacing (at least 4, and enough to cover the run)."""
+    return max(4, 2 * math.ceil(n_steps / budget))
+
+
+def calibrate(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
+              max_gap: int | None = None) -> Choice:
+    """The candidate and placement of exactly ``budget`` full steps with the least predicted error."""
+    n = trajectory.n_steps
+    budget = min(check_int("full steps", budget, 1), n)
+    gap = max_gap if max_gap is not None else default_max_gap(n, budget)
+    results = []
+    for candidate in candidates:
+        method = candidate.build()
+        errors = StepErrors(trajectory, method).error
+        steps, score = best_placement(errors, n, budget, method.history_size, gap)
+        even = placement_score(errors, even_placement(n, budget), n, method.history_size)
+        results.append((score, candidate, steps, even))
+    score, best, steps, even = min(results, key=lambda r: r[0])
+    return Choice(best.label, best.method, dict(best.params), steps, n, score,
+                  {c.label: s for s, c, _, _ in results}, even)

@@ -1,0 +1,158 @@
+"""Calibration (issue 16): recording, open-loop scores, the placement search and the stored choice."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from freqca_core import TokenLayout
+from freqca_core.calibration import (
+    CANDIDATES, Candidate, Choice, StepErrors, StreamTrajectory, Trajectory, TrajectoryRecorder, best_placement,
+    calibrate, even_placement, placement_score)
+import runs
+
+LAYOUT = TokenLayout.grid(4, 4)
+
+
+def polynomial_trajectory(n: int, degree: int, streams: int = 1, seed: int = 0) -> Trajectory:
+    """A recorded run whose CRFs ``[1, 16, 8]`` are a polynomial of ``degree`` in sigma (float32, exact)."""
+    gen = torch.Generator().manual_seed(seed)
+    sigmas = runs.flux_sigmas(n)[:-1]
+    per = {}
+    for s in range(streams):
+        coeffs = [torch.randn(1, 16, 8, generator=gen) for _ in range(degree + 1)]
+        crfs = [sum(c * sigma ** p for p, c in enumerate(coeffs)) for sigma in sigmas]
+        per[s] = StreamTrajectory(LAYOUT, crfs, None)
+    return Trajectory(sigmas, per)
+
+
+def random_errors(seed: int):
+    """A deterministic arbitrary cost per (history, cached step)."""
+    table: dict = {}
+
+    def errors(history: tuple[int, ...], j: int) -> float:
+        key = (history, j)
+        if key not in table:
+            table[key] = random.Random(hash((seed,) + key)).random()
+        return table[key]
+    return errors
+
+
+def brute_force(errors, n: int, budget: int, h: int, gap: int | None = None) -> float:
+    best = float("inf")
+    for rest in itertools.combinations(range(1, n), budget - 1):
+        steps = (0,) + rest
+        ends = steps + (n,)
+        if gap is not None and any(b - a > gap for a, b in zip(ends, ends[1:])):
+            continue
+        best = min(best, placement_score(errors, steps, n, h))
+    return best
+
+
+@pytest.mark.parametrize("n,budget,h,gap", [(9, 4, 1, None), (9, 4, 2, None), (10, 4, 3, None), (10, 5, 2, 3),
+                                            (8, 1, 2, None), (8, 8, 3, None), (11, 3, 3, 5)])
+def test_dp_finds_the_brute_force_optimum_with_exactly_the_budget(n, budget, h, gap):
+    errors = random_errors(n * 100 + budget * 10 + h)
+    steps, score = best_placement(errors, n, budget, h, gap)
+    assert len(steps) == budget and steps[0] == 0 and list(steps) == sorted(set(steps)) and steps[-1] < n
+    ends = steps + (n,)
+    assert gap is None or all(b - a <= gap for a, b in zip(ends, ends[1:]))
+    assert score == pytest.approx(placement_score(errors, steps, n, h))
+    assert score == pytest.approx(brute_force(errors, n, budget, h, gap))
+
+
+def test_dp_refuses_a_budget_that_cannot_cover_the_run():
+    with pytest.raises(ValueError, match="cannot cover"):
+        best_placement(random_errors(0), 20, 3, 1, max_gap=4)
+    with pytest.raises(ValueError, match="full steps"):
+        best_placement(random_errors(0), 5, 6, 1)
+
+
+def test_even_placement_has_the_budget():
+    for n, b in [(50, 18), (50, 8), (28, 10), (7, 7), (9, 1)]:
+        steps = even_placement(n, b)
+        assert len(set(steps)) == b and steps[0] == 0 and max(steps) < n
+
+
+@pytest.mark.parametrize("degree,exact", [(0, "reuse"), (1, "taylor order 1"), (2, "taylor order 2")])
+def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact):
+    trajectory = polynomial_trajectory(14, degree, streams=2)
+    candidate = next(c for c in CANDIDATES if c.label == exact)
+    method = candidate.build()
+    errors = StepErrors(trajectory, method).error
+    # with the method's full history at every cached step: steps 0..h-1 full, then any placement
+    steps = tuple(range(method.history_size)) + (7, 11)
+    assert placement_score(errors, steps, 14, method.history_size) == pytest.approx(0.0, abs=1e-5)
+    choice = calibrate(trajectory, 5)
+    assert choice.score == pytest.approx(0.0, abs=1e-5)
+    assert choice.scores[exact] == pytest.approx(0.0, abs=1e-5)
+    assert len(choice.full_steps) == 5
+    lower = [c.label for c in CANDIDATES if (c.method == "reuse" and degree > 0) or (
+        c.method == "taylor" and c.params["taylor_order"] < degree)]
+    for label in lower:  # a lower order is not exact
+        assert choice.scores[label] > 1e-3
+
+
+def test_errors_weigh_the_relative_crf_error_by_sigma():
+    trajectory = polynomial_trajectory(10, 1)
+    errors = StepErrors(trajectory, Candidate("reuse", "reuse").build()).error
+    crfs, sigmas = trajectory.streams[0].crfs, trajectory.sigmas
+    rel = float((crfs[0] - crfs[3]).abs().mean() / crfs[3].abs().mean())
+    assert errors((0,), 3) == pytest.approx(0.13 * sigmas[3] * rel, rel=1e-5)
+
+
+def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
+    trajectory = polynomial_trajectory(10, 1)
+    gen = torch.Generator().manual_seed(3)
+    stream = trajectory.streams[0]
+    stream.outputs = [torch.randn(1, 3, 4, 4, generator=gen) for _ in range(10)]
+    frdiff, reuse = (Candidate(m, m).build() for m in ("frdiff", "reuse"))
+    f, r = StepErrors(trajectory, frdiff).error, StepErrors(trajectory, reuse).error
+    out = float((stream.outputs[0] - stream.outputs[2]).abs().mean() / stream.outputs[2].abs().mean())
+    w = frdiff.output_weight(2, 10)
+    assert w == 1.0 and f((0,), 2) == pytest.approx(0.13 * trajectory.sigmas[2] * out, rel=1e-5)
+    assert frdiff.output_weight(9, 10) == 0.0 and f((8,), 9) == pytest.approx(r((8,), 9))
+
+
+def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
+    recorder = TrajectoryRecorder()
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 16, 300, generator=gen), torch.randn(1, 16, 300, generator=gen)
+    sigmas = runs.flux_sigmas(6)[:-1]
+    for i, s in enumerate(sigmas[:-1]):
+        recorder.add(i, s, "cond", LAYOUT, a + s * b, output=torch.randn(1, 3, 4, 4, generator=gen))
+    assert recorder.trajectory(6) is None  # the last step is missing
+    recorder.add(5, sigmas[5], "cond", LAYOUT, a + sigmas[5] * b, output=torch.randn(1, 3, 4, 4, generator=gen))
+    stored = recorder.crfs["cond"][0]
+    assert stored.shape == (1, 16, 64) and stored.dtype == torch.float16 and stored.device.type == "cpu"
+    assert recorder.nbytes == 6 * (16 * 64 + 48) * 2
+    trajectory = recorder.trajectory(6)
+    assert trajectory.n_steps == 6 and trajectory.streams["cond"].outputs is not None
+    # projection is linear: taylor order 1 stays (nearly: fp16) exact; reuse does not
+    taylor = StepErrors(trajectory, Candidate("t", "taylor", {"taylor_order": 1}).build()).error
+    reuse = StepErrors(trajectory, Candidate("r", "reuse").build()).error
+    assert taylor((1, 0), 3) < 0.01 * reuse((1,), 3)
+
+
+def test_calibrate_keeps_the_budget_and_reports_every_candidate():
+    trajectory = polynomial_trajectory(20, 3, seed=4)
+    for budget in (3, 6, 10):
+        choice = calibrate(trajectory, budget)
+        assert len(choice.full_steps) == budget and choice.full_steps[0] == 0
+        assert set(choice.scores) == {c.label for c in CANDIDATES}
+        assert choice.score == min(choice.scores.values())
+        assert choice.score <= choice.even + 1e-12  # the search is never worse than even spacing
+
+
+def test_choice_round_trips_and_refuses_bad_json():
+    choice = calibrate(polynomial_trajectory(12, 2), 4)
+    again = Choice.from_json(choice.to_json())
+    assert again == choice and "predicted error" in again.text()
+    bad = [None, [], {**choice.to_json(), "method": "feb"}, {**choice.to_json(), "full_steps": [1, 3]},
+           {**choice.to_json(), "full_steps": [0, 12]}, {**choice.to_json(), "params": {"taylor_order": 9}},
+           {k: v for k, v in choice.to_json().items() if k != "n_steps"}]
+    for data in bad:
+        with pytest.raises(ValueError):
+            Choice.from_json(data)
