@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 
 import torch
 
 from .cache import CRFEntry, CRFHistory
-from .methods.base import CacheMethod
 from .spectral import TokenLayout
 from .validation import check_int
+
+if TYPE_CHECKING:  # the registry imports this module (method auto)
+    from .methods.base import CacheMethod
 
 PROJECTED_DIMS = 64
 IMAGE_PER_CRF_ERROR = 0.13  # image change per unit of sigma x relative CRF error at one cached step (testbed)
@@ -125,9 +127,9 @@ class Candidate:
     method: str
     params: dict = field(default_factory=dict)
 
-    def build(self) -> CacheMethod:
+    def build(self, transform: str = "dct") -> CacheMethod:
         from .config import make_method  # the config imports the registry, which imports this module
-        return make_method(self.method, **self.params)
+        return make_method(self.method, transform=transform, **self.params)
 
 
 # Registered methods that need only the CRF history (and the last full output): FEB-Cache's attention reuse
@@ -141,48 +143,62 @@ CANDIDATES = (
 )
 
 
-def _relative_error(forecast: torch.Tensor, truth: torch.Tensor) -> float:
-    return float((forecast - truth).abs().mean() / truth.abs().mean().clamp_min(1e-12))
+def _relative_errors(forecast: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Relative L1 error per leading index: ``[J, ...]`` x ``[J, ...]`` -> ``[J]``."""
+    dims = tuple(range(1, truth.dim()))
+    return (forecast - truth).abs().mean(dims) / truth.abs().mean(dims).clamp_min(1e-12)
+
+
+Row = Callable[[tuple[int, ...], int], Sequence[float]]
+"""``row(history, stop)``: the costs of caching each step ``j`` in ``history[0] + 1 .. stop - 1`` with the full
+steps ``history`` (newest first) as the forecast's history."""
 
 
 class StepErrors:
-    """``error(history, j)``: the weighted image error of caching step ``j`` with ``method`` forecasting from
-    the full steps ``history`` (newest first), averaged over the trajectory's streams."""
+    """``row(history, stop)`` (a ``Row``) for ``method`` on ``trajectory``: per cached step ``j``, the weighted
+    image error ``IMAGE_PER_CRF_ERROR * sigma_j * e_j`` averaged over the streams (forecasts from the method's
+    own ``predict_many``)."""
 
     def __init__(self, trajectory: Trajectory, method: CacheMethod) -> None:
         self.trajectory, self.method = trajectory, method
         self.mix = getattr(method, "output_weight", None)  # FRDiff-like output mixing, if the method has it
+        self.stacked = {key: torch.stack(s.crfs) for key, s in trajectory.streams.items()}  # [n, b, L, k]
 
-    def error(self, history: tuple[int, ...], j: int) -> float:
+    def row(self, history: tuple[int, ...], stop: int) -> list[float]:
         sigmas, n = self.trajectory.sigmas, self.trajectory.n_steps
-        total = 0.0
-        for stream in self.trajectory.streams.values():
+        steps = list(range(history[0] + 1, stop))
+        if not steps:
+            return []
+        total = torch.zeros(len(steps), dtype=torch.float64)
+        for key, stream in self.trajectory.streams.items():
             past = CRFHistory(len(history))
             past.entries = [CRFEntry(sigmas[k], k, stream.crfs[k]) for k in history]
-            e = _relative_error(self.method.predict(past, sigmas[j], stream.layout), stream.crfs[j])
-            w = self.mix(j, n) if self.mix is not None and stream.outputs is not None else 0.0
-            if w:
-                e = (1 - w) * e + w * _relative_error(stream.outputs[history[0]], stream.outputs[j])
-            total += e if math.isfinite(e) else float("inf")
-        return IMAGE_PER_CRF_ERROR * sigmas[j] * total / len(self.trajectory.streams)
+            forecast = self.method.predict_many(past, [sigmas[j] for j in steps], stream.layout)
+            e = _relative_errors(forecast.float(), self.stacked[key][steps[0]:stop]).double()
+            if self.mix is not None and stream.outputs is not None:
+                w = torch.tensor([self.mix(j, n) for j in steps], dtype=torch.float64)
+                if bool(w.any()):
+                    outputs = torch.stack([stream.outputs[j] for j in steps])
+                    o = _relative_errors(stream.outputs[history[0]].expand_as(outputs), outputs).double()
+                    e = (1 - w) * e + w * o
+            total += torch.nan_to_num(e, nan=float("inf"))
+        weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[j] for j in steps], dtype=torch.float64)
+        return (weights * total / len(self.trajectory.streams)).tolist()
 
 
-def placement_score(errors: Callable[[tuple[int, ...], int], float], full: Sequence[int], n_steps: int,
-                    history_size: int) -> float:
-    """The score of the placement ``full`` (step 0 added): the sum of ``errors(history, j)`` over its cached
-    steps, ``history`` the ``history_size`` newest full steps before ``j``."""
+def placement_score(row: Row, full: Sequence[int], n_steps: int, history_size: int) -> float:
+    """The score of the placement ``full`` (step 0 added): the sum of the costs of its cached steps, each with
+    the ``history_size`` newest full steps before it as history."""
     chosen = sorted(set(full) | {0})
     total, history = 0.0, ()
-    for j in range(n_steps):
-        if j in chosen:
-            history = ((j,) + history)[:history_size]
-        else:
-            total += errors(history, j)
+    for k, stop in zip(chosen, chosen[1:] + [n_steps]):
+        history = ((k,) + history)[:history_size]
+        total += sum(row(history, stop))
     return total
 
 
-def best_placement(errors: Callable[[tuple[int, ...], int], float], n_steps: int, budget: int,
-                   history_size: int, max_gap: int | None = None) -> tuple[tuple[int, ...], float]:
+def best_placement(row: Row, n_steps: int, budget: int, history_size: int,
+                   max_gap: int | None = None) -> tuple[tuple[int, ...], float]:
     """The full steps (exactly ``budget`` of them, step 0 among them, consecutive ones at most ``max_gap``
     apart, the run's end at most ``max_gap`` after the last) that minimise ``placement_score``, and that score.
 
@@ -192,16 +208,18 @@ def best_placement(errors: Callable[[tuple[int, ...], int], float], n_steps: int
     budget = check_int("full steps", budget, 1, n)
     h = check_int("history_size", history_size, 1)
     gap = n if max_gap is None else check_int("max_gap", max_gap, 1)
-    if (budget - 1) * gap + gap < n:
+    if budget * gap < n:
         raise ValueError(f"{budget} full steps at most {gap} apart cannot cover {n} steps")
     sums: dict[tuple[int, ...], list[float]] = {}
 
     def segment(state: tuple[int, ...], m: int) -> float:
-        """Cost of caching the steps strictly between ``state[0]`` and ``m``."""
-        acc = sums.setdefault(state, [0.0])
-        while len(acc) < m - state[0]:
-            acc.append(acc[-1] + errors(state, state[0] + len(acc)))
-        return acc[m - state[0] - 1]
+        """Cost of caching the steps strictly between ``state[0]`` and ``m`` (one ``row`` per state)."""
+        if state not in sums:
+            acc = [0.0]
+            for cost in row(state, min(n, state[0] + gap)):
+                acc.append(acc[-1] + cost)
+            sums[state] = acc
+        return sums[state][m - state[0] - 1]
 
     layer: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {(0,): (0.0, (0,))}
     for count in range(1, budget):
@@ -284,17 +302,18 @@ def default_max_gap(n_steps: int, budget: int) -> int:
 
 
 def calibrate(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
-              max_gap: int | None = None) -> Choice:
-    """The candidate and placement of exactly ``budget`` full steps with the least predicted error."""
+              max_gap: int | None = None, transform: str = "dct") -> Choice:
+    """The candidate and placement of exactly ``budget`` full steps with the least predicted error (band
+    splits by ``transform``)."""
     n = trajectory.n_steps
     budget = min(check_int("full steps", budget, 1), n)
     gap = max_gap if max_gap is not None else default_max_gap(n, budget)
     results = []
     for candidate in candidates:
-        method = candidate.build()
-        errors = StepErrors(trajectory, method).error
-        steps, score = best_placement(errors, n, budget, method.history_size, gap)
-        even = placement_score(errors, even_placement(n, budget), n, method.history_size)
+        method = candidate.build(transform)
+        row = StepErrors(trajectory, method).row
+        steps, score = best_placement(row, n, budget, method.history_size, gap)
+        even = placement_score(row, even_placement(n, budget), n, method.history_size)
         results.append((score, candidate, steps, even))
     score, best, steps, even = min(results, key=lambda r: r[0])
     return Choice(best.label, best.method, dict(best.params), steps, n, score,

@@ -1,5 +1,5 @@
 """Cache methods and their registry. Adding a method = one module here with a ``SPEC`` + one line below."""
-from . import feb, frdiff, freqca, reuse, taylor
+from . import auto, feb, frdiff, freqca, reuse, taylor
 from .base import CacheMethod, ForecastMethod, MethodSpec
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
@@ -8,6 +8,7 @@ REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     taylor.SPEC,
     frdiff.SPEC,
     feb.SPEC,
+    auto.SPEC,
 )}
 METHODS = tuple(REGISTRY)
 

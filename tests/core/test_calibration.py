@@ -29,15 +29,11 @@ def polynomial_trajectory(n: int, degree: int, streams: int = 1, seed: int = 0) 
 
 
 def random_errors(seed: int):
-    """A deterministic arbitrary cost per (history, cached step)."""
-    table: dict = {}
+    """A ``Row`` with a deterministic arbitrary cost per (history, cached step)."""
+    def cost(history: tuple[int, ...], j: int) -> float:
+        return random.Random(repr((seed, history, j))).random()
 
-    def errors(history: tuple[int, ...], j: int) -> float:
-        key = (history, j)
-        if key not in table:
-            table[key] = random.Random(hash((seed,) + key)).random()
-        return table[key]
-    return errors
+    return lambda history, stop: [cost(history, j) for j in range(history[0] + 1, stop)]
 
 
 def brute_force(errors, n: int, budget: int, h: int, gap: int | None = None) -> float:
@@ -81,7 +77,7 @@ def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact):
     trajectory = polynomial_trajectory(14, degree, streams=2)
     candidate = next(c for c in CANDIDATES if c.label == exact)
     method = candidate.build()
-    errors = StepErrors(trajectory, method).error
+    errors = StepErrors(trajectory, method).row
     # with the method's full history at every cached step: steps 0..h-1 full, then any placement
     steps = tuple(range(method.history_size)) + (7, 11)
     assert placement_score(errors, steps, 14, method.history_size) == pytest.approx(0.0, abs=1e-5)
@@ -97,10 +93,11 @@ def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact):
 
 def test_errors_weigh_the_relative_crf_error_by_sigma():
     trajectory = polynomial_trajectory(10, 1)
-    errors = StepErrors(trajectory, Candidate("reuse", "reuse").build()).error
+    row = StepErrors(trajectory, Candidate("reuse", "reuse").build()).row
     crfs, sigmas = trajectory.streams[0].crfs, trajectory.sigmas
-    rel = float((crfs[0] - crfs[3]).abs().mean() / crfs[3].abs().mean())
-    assert errors((0,), 3) == pytest.approx(0.13 * sigmas[3] * rel, rel=1e-5)
+    rel = [float((crfs[0] - crfs[j]).abs().mean() / crfs[j].abs().mean()) for j in (1, 2, 3)]
+    assert row((0,), 4) == pytest.approx([0.13 * sigmas[j] * e for j, e in zip((1, 2, 3), rel)], rel=1e-5)
+    assert row((0,), 1) == []
 
 
 def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
@@ -109,11 +106,15 @@ def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
     stream = trajectory.streams[0]
     stream.outputs = [torch.randn(1, 3, 4, 4, generator=gen) for _ in range(10)]
     frdiff, reuse = (Candidate(m, m).build() for m in ("frdiff", "reuse"))
-    f, r = StepErrors(trajectory, frdiff).error, StepErrors(trajectory, reuse).error
+    f, r = StepErrors(trajectory, frdiff).row, StepErrors(trajectory, reuse).row
     out = float((stream.outputs[0] - stream.outputs[2]).abs().mean() / stream.outputs[2].abs().mean())
     w = frdiff.output_weight(2, 10)
-    assert w == 1.0 and f((0,), 2) == pytest.approx(0.13 * trajectory.sigmas[2] * out, rel=1e-5)
-    assert frdiff.output_weight(9, 10) == 0.0 and f((8,), 9) == pytest.approx(r((8,), 9))
+    assert w == 1.0 and f((0,), 3)[-1] == pytest.approx(0.13 * trajectory.sigmas[2] * out, rel=1e-5)
+    assert frdiff.output_weight(9, 10) == 0.0 and f((8,), 10) == pytest.approx(r((8,), 10))
+    mid = frdiff.output_weight(5, 10)
+    assert 0 < mid < 1 and f((4,), 6) == pytest.approx(
+        [(1 - mid) * r((4,), 6)[0] + mid * 0.13 * trajectory.sigmas[5] * float(
+            (stream.outputs[4] - stream.outputs[5]).abs().mean() / stream.outputs[5].abs().mean())], rel=1e-5)
 
 
 def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
@@ -131,9 +132,9 @@ def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
     trajectory = recorder.trajectory(6)
     assert trajectory.n_steps == 6 and trajectory.streams["cond"].outputs is not None
     # projection is linear: taylor order 1 stays (nearly: fp16) exact; reuse does not
-    taylor = StepErrors(trajectory, Candidate("t", "taylor", {"taylor_order": 1}).build()).error
-    reuse = StepErrors(trajectory, Candidate("r", "reuse").build()).error
-    assert taylor((1, 0), 3) < 0.01 * reuse((1,), 3)
+    taylor = StepErrors(trajectory, Candidate("t", "taylor", {"taylor_order": 1}).build()).row
+    reuse = StepErrors(trajectory, Candidate("r", "reuse").build()).row
+    assert taylor((1, 0), 4)[-1] < 0.01 * reuse((1,), 4)[-1]
 
 
 def test_calibrate_keeps_the_budget_and_reports_every_candidate():
@@ -156,3 +157,17 @@ def test_choice_round_trips_and_refuses_bad_json():
     for data in bad:
         with pytest.raises(ValueError):
             Choice.from_json(data)
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.label)
+def test_predict_many_is_predict_at_each_sigma(candidate):
+    from freqca_core import CRFHistory
+
+    gen = torch.Generator().manual_seed(1)
+    history = CRFHistory(3)
+    for step, sigma in enumerate([0.95, 0.8, 0.7]):
+        history.push(sigma, step, torch.randn(2, 16, 8, generator=gen))
+    method = candidate.build()
+    many = method.predict_many(history, [0.6, 0.45, 0.3], LAYOUT)
+    for forecast, sigma in zip(many, [0.6, 0.45, 0.3]):
+        torch.testing.assert_close(forecast, method.predict(history, sigma, LAYOUT), rtol=1e-5, atol=1e-5)
