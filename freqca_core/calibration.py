@@ -13,8 +13,9 @@ CFG's two streams), against 1.2 GiB per stream for the unprojected fp16 CRFs.
 a placement of the full steps, each cached step ``j`` is forecast by the method's own ``predict`` from the
 recorded CRFs of the full steps before it (the method's ``history_size`` newest), and its relative L1 error
 ``e_j`` against the recorded CRF is weighted by how much an error there moves the final image:
-``IMAGE_PER_CRF_ERROR * sigma_j * e_j`` (measured on the testbed: caching one step changes the image by about
-0.13 x sigma x the relative CRF error, see ``adaptive.AdaptiveRun._weight``). A method that mixes the last
+``IMAGE_PER_CRF_ERROR * sigma_0 * noise_weight(sigma_j) * e_j`` (measured on the testbed: caching one step
+changes the image by about 0.13 x sigma x the relative CRF error; ``adaptive.noise_weight`` is sigma relative
+to the first step's, at least 0.25, as the adaptive schedule weighs its errors). A method that mixes the last
 full output into a cached call's (FRDiff: ``output_weight``) is scored ``(1 - w) e_j + w o_j``, ``o_j`` the
 relative error of the last full output against the recorded one. The score of a placement is the sum over
 its cached steps, averaged over streams.
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 
 import torch
 
+from .adaptive import noise_weight
 from .cache import CRFEntry, CRFHistory
 from .spectral import TokenLayout
 from .validation import check_int
@@ -156,8 +158,8 @@ steps ``history`` (newest first) as the forecast's history."""
 
 class StepErrors:
     """``row(history, stop)`` (a ``Row``) for ``method`` on ``trajectory``: per cached step ``j``, the weighted
-    image error ``IMAGE_PER_CRF_ERROR * sigma_j * e_j`` averaged over the streams (forecasts from the method's
-    own ``predict_many``)."""
+    image error ``IMAGE_PER_CRF_ERROR * sigma_0 * noise_weight(sigma_j) * e_j`` averaged over the streams
+    (forecasts from the method's own ``predict_many``)."""
 
     def __init__(self, trajectory: Trajectory, method: CacheMethod) -> None:
         self.trajectory, self.method = trajectory, method
@@ -182,7 +184,8 @@ class StepErrors:
                     o = _relative_errors(stream.outputs[history[0]].expand_as(outputs), outputs).double()
                     e = (1 - w) * e + w * o
             total += torch.nan_to_num(e, nan=float("inf"))
-        weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[j] for j in steps], dtype=torch.float64)
+        weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * noise_weight(sigmas[j], sigmas[0])
+                                for j in steps], dtype=torch.float64)
         return (weights * total / len(self.trajectory.streams)).tolist()
 
 
