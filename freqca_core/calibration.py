@@ -304,20 +304,37 @@ def default_max_gap(n_steps: int, budget: int) -> int:
     return max(4, 2 * math.ceil(n_steps / budget))
 
 
-def calibrate(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
-              max_gap: int | None = None, transform: str = "dct") -> Choice:
-    """The candidate and placement of exactly ``budget`` full steps with the least predicted error (band
-    splits by ``transform``)."""
+@dataclass(frozen=True)
+class Scored:
+    """One candidate's best placement of the budget, its score and its score on evenly spaced full steps."""
+
+    candidate: Candidate
+    full_steps: tuple[int, ...]
+    score: float
+    even: float
+
+
+def score_candidates(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
+                     max_gap: int | None = None, transform: str = "dct") -> list[Scored]:
+    """Each candidate's best placement of exactly ``budget`` full steps (band splits by ``transform``)."""
     n = trajectory.n_steps
     budget = min(check_int("full steps", budget, 1), n)
     gap = max_gap if max_gap is not None else default_max_gap(n, budget)
-    results = []
+    scored = []
     for candidate in candidates:
         method = candidate.build(transform)
         row = StepErrors(trajectory, method).row
         steps, score = best_placement(row, n, budget, method.history_size, gap)
         even = placement_score(row, even_placement(n, budget), n, method.history_size)
-        results.append((score, candidate, steps, even))
-    score, best, steps, even = min(results, key=lambda r: r[0])
-    return Choice(best.label, best.method, dict(best.params), steps, n, score,
-                  {c.label: s for s, c, _, _ in results}, even)
+        scored.append(Scored(candidate, steps, score, even))
+    return scored
+
+
+def calibrate(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
+              max_gap: int | None = None, transform: str = "dct") -> Choice:
+    """The candidate and placement of exactly ``budget`` full steps with the least predicted error."""
+    scored = score_candidates(trajectory, budget, candidates, max_gap, transform)
+    best = min(scored, key=lambda s: s.score)
+    c = best.candidate
+    return Choice(c.label, c.method, dict(c.params), best.full_steps, trajectory.n_steps, best.score,
+                  {s.candidate.label: s.score for s in scored}, best.even)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..cache import CRFHistory
-from ..calibration import Candidate, Choice, TrajectoryRecorder, calibrate
+from ..calibration import Candidate, Choice, Trajectory, TrajectoryRecorder, calibrate
 from ..schedule import FixedSchedule, StepSchedule
 from ..spectral import TokenLayout
 from .base import CacheMethod, MethodSpec
@@ -51,10 +51,11 @@ class RecordingMethod(CacheMethod):
         self.recorder = TrajectoryRecorder()
         self.pending: torch.Tensor | None = None  # the CRF of the full call in flight
         self.choice: Choice | None = None
+        self.trajectory: Trajectory | None = None  # the last complete recording (kept for the lab scripts)
 
     def start_run(self, offload_device: torch.device | None) -> None:
         self.recorder.clear()
-        self.pending, self.choice = None, None
+        self.pending, self.choice, self.trajectory = None, None, None
 
     def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
         raise RuntimeError("auto's calibration run computes every step")
@@ -74,9 +75,10 @@ class RecordingMethod(CacheMethod):
 
     def end_run(self) -> dict[str, int]:
         """Choose from a complete recording (an interrupted run chooses nothing) and hand the choice on."""
-        trajectory = self.recorder.trajectory(self.n_steps) if self.n_steps and self.budget else None
+        trajectory = self.recorder.trajectory(self.n_steps) if self.n_steps else None
         self.recorder.clear()
-        if trajectory is not None:
+        self.trajectory = trajectory
+        if trajectory is not None and self.budget:
             try:
                 self.choice = calibrate(trajectory, self.budget, transform=self.transform)
                 if self.on_choice is not None:
