@@ -1,5 +1,5 @@
 """How well calibration (method ``auto``) chooses on the testbed: ``python3 -m freqca_lab.measure_auto
-[--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--threads 1] [--json PATH]``.
+[--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--threads 1] [--gap-slack K] [--json PATH]``.
 
 One uncached run on the benchmark's calibration seeds and prompts is recorded (``RecordingMethod``); at each
 budget (the full-step count of the fixed schedule, warm-up 3, at each interval) every candidate is scored open
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--intervals", type=int, nargs="+", default=[3, 4, 6, 9])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gap-slack", type=int, default=None,
+                        help="search gaps of at most ceil(steps / full steps) + this (default: default_max_gap)")
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         fixed = FixedSchedule(WARMUP, interval)
         budget = len(fixed.full_steps(n))
         started = time.perf_counter()
-        scored = score_candidates(trajectory, budget)
+        gap = None if args.gap_slack is None else math.ceil(n / budget) + args.gap_slack
+        scored = score_candidates(trajectory, budget, max_gap=gap)
         choose_s = time.perf_counter() - started
         rows = []
         for s in scored:
