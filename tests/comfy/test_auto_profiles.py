@@ -85,3 +85,31 @@ def test_a_corrupt_profile_is_reported_and_replaced(pack, testbed, freqca_dirs, 
     assert "unusable" in summary or "ignored" in summary
     _, summary = run_auto(testbed, caplog, conds)
     assert "auto: profile of this model:" in summary
+
+
+@pytest.mark.parametrize("name", ["qwen_image", "wan", "hunyuan_video", "hunyuan_image_2_1", "sd3", "lumina2",
+                                  "hidream"])
+def test_every_family_calibrates_then_uses_its_profile(pack, comfyui, freqca_dirs, caplog, name):
+    """Tiny family models (no fidelity claim): the calibration run is uncached, the next run finds the
+    profile and runs the blocks at its full steps only."""
+    from comfyui_freqca.freqca_core import CacheConfig
+    from comfyui_freqca.freqca_core.methods.auto import budget_of
+    from freqca_lab.comfy import harness as H
+    from test_families import CASES, STEPS
+
+    case = CASES[name]
+    model, conds = case.build(seed=1), case.conditioning()
+    reference = H.sample(model, *conds, steps=STEPS, shape=case.shape)
+    summaries = []
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="freqca"), H.count_block_calls(model) as calls:
+            out = H.sample(H.apply_node(model, method="auto", interval=3, warmup_steps=2), *conds, steps=STEPS,
+                           shape=case.shape)
+        summaries.append((out, calls.total, next(r.getMessage() for r in caplog.records
+                                                 if "steps full" in r.getMessage())))
+    (first, first_calls, first_text), (second, second_calls, second_text) = summaries
+    assert torch.equal(first, reference) and first_calls == STEPS * case.blocks and "auto: calibrated:" in first_text
+    budget = budget_of(CacheConfig("auto", interval=3, warmup=2, fit_short_runs=True), STEPS)
+    assert "auto: profile of this model:" in second_text and second_calls == budget * case.blocks
+    assert len(profiles(freqca_dirs)) == 1 and torch.isfinite(second).all()
