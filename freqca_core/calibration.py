@@ -161,8 +161,8 @@ class StepErrors:
     image error ``IMAGE_PER_CRF_ERROR * sigma_0 * noise_weight(sigma_j) * e_j`` averaged over the streams
     (forecasts from the method's own ``predict_many``)."""
 
-    def __init__(self, trajectory: Trajectory, method: CacheMethod) -> None:
-        self.trajectory, self.method = trajectory, method
+    def __init__(self, trajectory: Trajectory, method: CacheMethod, noise_weighted: bool = True) -> None:
+        self.trajectory, self.method, self.noise_weighted = trajectory, method, noise_weighted
         self.mix = getattr(method, "output_weight", None)  # FRDiff-like output mixing, if the method has it
         self.stacked = {key: torch.stack(s.crfs) for key, s in trajectory.streams.items()}  # [n, b, L, k]
 
@@ -184,8 +184,8 @@ class StepErrors:
                     o = _relative_errors(stream.outputs[history[0]].expand_as(outputs), outputs).double()
                     e = (1 - w) * e + w * o
             total += torch.nan_to_num(e, nan=float("inf"))
-        weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * noise_weight(sigmas[j], sigmas[0])
-                                for j in steps], dtype=torch.float64)
+        weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * (
+            noise_weight(sigmas[j], sigmas[0]) if self.noise_weighted else 1.0) for j in steps], dtype=torch.float64)
         return (weights * total / len(self.trajectory.streams)).tolist()
 
 
@@ -315,15 +315,16 @@ class Scored:
 
 
 def score_candidates(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
-                     max_gap: int | None = None, transform: str = "dct") -> list[Scored]:
-    """Each candidate's best placement of exactly ``budget`` full steps (band splits by ``transform``)."""
+                     max_gap: int | None = None, transform: str = "dct", noise_weighted: bool = True) -> list[Scored]:
+    """Each candidate's best placement of exactly ``budget`` full steps (band splits by ``transform``; errors
+    weighted by ``noise_weight`` or, without ``noise_weighted``, alike at every step)."""
     n = trajectory.n_steps
     budget = min(check_int("full steps", budget, 1), n)
     gap = max_gap if max_gap is not None else default_max_gap(n, budget)
     scored = []
     for candidate in candidates:
         method = candidate.build(transform)
-        row = StepErrors(trajectory, method).row
+        row = StepErrors(trajectory, method, noise_weighted).row
         steps, score = best_placement(row, n, budget, method.history_size, gap)
         even = placement_score(row, even_placement(n, budget), n, method.history_size)
         scored.append(Scored(candidate, steps, score, even))

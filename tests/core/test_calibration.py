@@ -98,6 +98,8 @@ def test_errors_weigh_the_relative_crf_error_by_sigma():
     rel = [float((crfs[0] - crfs[j]).abs().mean() / crfs[j].abs().mean()) for j in (1, 2, 3)]
     assert row((0,), 4) == pytest.approx([0.13 * sigmas[j] * e for j, e in zip((1, 2, 3), rel)], rel=1e-5)
     assert row((0,), 1) == []
+    uniform = StepErrors(trajectory, Candidate("reuse", "reuse").build(), noise_weighted=False).row
+    assert uniform((0,), 4) == pytest.approx([0.13 * sigmas[0] * e for e in rel], rel=1e-5)
 
 
 def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
