@@ -316,8 +316,9 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
     profile = None
     if "choice" in REGISTRY[settings.cache.method].options and sigmas is not None and noise is not None:
         try:  # a calibrated method (auto): this run's profile, or this run calibrates
-            profile = RunProfile(profile_key(guider.model_patcher, sigmas.detach().float().cpu().tolist(),
-                                             noise.shape))
+            sigma_list = sigmas.detach().float().cpu().tolist()
+            window = settings.cache.with_sigma_window(settings.start_sigma, settings.end_sigma, sigma_list)
+            profile = RunProfile(profile_key(guider.model_patcher, sigma_list, noise.shape, window))
             settings = replace(settings, cache=profile.config(settings.cache))
         except Exception as exc:  # never fail a run over a profile: calibrate without storing
             log.warning("FreqCa auto: no profile for this run (%r)", exc)

@@ -1,9 +1,9 @@
 """Calibration profiles of method ``auto``: what a run's calibrated choice is keyed by, read and stored.
 
-A profile is valid for one model, step count, sigma schedule (the sampler's scheduler, denoise and shift)
-and resolution bucket, so its key holds each: the diffusion model's class and a hash of a few of its weights
+A profile is valid for one model, step count, sigma schedule (the sampler's scheduler, denoise and shift),
+resolution bucket and number of full steps (the node's speed), so its key holds each: the diffusion model's class and a hash of a few of its weights
 and of the weight patches (LoRAs) on the ModelPatcher; the number of steps and a hash of the sigmas; the
-latent's size rounded up to ``BUCKET`` latent cells per side. Files go through ``files.write_profile`` /
+latent's size rounded up to ``BUCKET`` latent cells per side; the full-step count. Files go through ``files.write_profile`` /
 ``read_profile`` (hashed names in ComfyUI's user directory). A missing, unreadable or corrupt profile never
 fails a run: the run calibrates (every step full) and the message says why.
 """
@@ -19,6 +19,7 @@ import torch
 
 from ..freqca_core import CacheConfig
 from ..freqca_core.calibration import Choice
+from ..freqca_core.methods.auto import budget_of
 from .files import read_profile, write_profile
 
 log = logging.getLogger("freqca")
@@ -46,12 +47,15 @@ def model_identity(patcher) -> dict:
     return {"class": type(model).__name__, "weights": digest.hexdigest()[:16]}
 
 
-def profile_key(patcher, sigmas: Sequence[float], latent_shape: Sequence[int]) -> dict:
-    """The key of a run's profile: model identity, step count, sigma hash and resolution bucket."""
+def profile_key(patcher, sigmas: Sequence[float], latent_shape: Sequence[int], cache: CacheConfig) -> dict:
+    """The key of a run's profile: model identity, step count, sigma hash, resolution bucket and the number of
+    full steps ``cache`` pays for (its interval, warm-up and final full steps)."""
     rounded = ",".join(f"{float(s):.5f}" for s in sigmas)
     bucket = "x".join(str(math.ceil(int(n) / BUCKET) * BUCKET) for n in latent_shape[2:])
-    return {"version": VERSION, **model_identity(patcher), "steps": len(sigmas) - 1,
-            "sigmas": hashlib.sha256(rounded.encode()).hexdigest()[:16], "bucket": bucket}
+    steps = len(sigmas) - 1
+    return {"version": VERSION, **model_identity(patcher), "steps": steps,
+            "sigmas": hashlib.sha256(rounded.encode()).hexdigest()[:16], "bucket": bucket,
+            "full_steps": budget_of(cache, steps)}
 
 
 class RunProfile:
@@ -72,8 +76,8 @@ class RunProfile:
             if not isinstance(data, dict) or data.get("key") != self.key:
                 raise ValueError("its key is not this run's")
             choice = Choice.from_json(data.get("choice"))
-            if choice.n_steps != self.key["steps"]:
-                raise ValueError(f"made for {choice.n_steps} steps")
+            if (choice.n_steps, len(choice.full_steps)) != (self.key["steps"], self.key["full_steps"]):
+                raise ValueError(f"made for {len(choice.full_steps)} of {choice.n_steps} steps full")
         except ValueError as exc:
             self.notes.append(f"auto: stored profile unusable ({exc}); this run calibrates again")
             return None

@@ -1,6 +1,7 @@
 """``auto``: the method and full steps chosen for this model by calibration (``calibration.py``).
 
-Without a chosen configuration (``CacheConfig.choice``; or one made for another step count) the run is the
+Without a chosen configuration (``CacheConfig.choice``; or one made for another step count or number of full
+steps) the run is the
 calibration: every step is computed in full, so its output is the uncached one, and ``RecordingMethod``
 records each call's CRF and output (through its ``encode`` and ``finish_call`` hooks). At the run's end it
 picks the candidate and the placement of the full steps with the least predicted error for the number of
@@ -105,11 +106,13 @@ def budget_of(config, n_steps: int) -> int:
 
 
 def build(config, n_steps: int | None, transform: str):
+    """The chosen method on its full steps; the calibration run when there is no choice for this step count
+    and number of full steps."""
+    budget = budget_of(config, n_steps) if n_steps else None
     choice = config.choice
-    if choice is not None and choice.n_steps == n_steps:
+    if choice is not None and choice.n_steps == n_steps and len(choice.full_steps) == budget:
         method = Candidate(choice.label, choice.method, choice.params).build(transform)
         return method, GateSchedule.from_steps(choice.full_steps, n_steps, {"calibrated": choice.label})
-    budget = budget_of(config, n_steps) if n_steps else None
     return RecordingMethod(n_steps, budget, config.on_choice, transform), AllFull()
 
 

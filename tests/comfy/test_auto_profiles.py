@@ -19,9 +19,9 @@ def testbed(comfyui):
     return build_testbed_flux()
 
 
-def run_auto(testbed, caplog, conds, **run) -> tuple[torch.Tensor, str]:
-    """One sampling run through FreqCa Accelerate with method auto (interval 4): output and run summary."""
-    model = apply_node(testbed, method="auto", interval=4, warmup_steps=2)
+def run_auto(testbed, caplog, conds, interval: int = 4, **run) -> tuple[torch.Tensor, str]:
+    """One sampling run through FreqCa Accelerate with method auto: output and run summary."""
+    model = apply_node(testbed, method="auto", interval=interval, warmup_steps=2)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="freqca"):
         out = sample(model, *conds, **{**RUN, "latent": pixel_latent(), **run})
@@ -51,21 +51,24 @@ def test_first_run_calibrates_uncached_then_the_profile_is_used(pack, testbed, f
     assert torch.equal(third, second) and len(profiles(freqca_dirs)) == 1
 
 
-@pytest.mark.parametrize("change", ["steps", "size", "model"])
+@pytest.mark.parametrize("change", ["steps", "size", "model", "interval"])
 def test_a_new_key_calibrates_again(pack, testbed, freqca_dirs, caplog, change):
     from freqca_lab.comfy.harness import build_flux, flux_conditioning
 
     conds = prompt_conditioning(1)
     run_auto(testbed, caplog, conds)
     model, run = testbed, {}
-    if change == "steps":
+    if change == "interval":
+        run = {"interval": 6}
+    elif change == "steps":
         run = {"steps": 16}
     elif change == "size":
         run = {"latent": pixel_latent(size=(48, 48))}
     else:
         model, conds = build_flux(seed=1), flux_conditioning(seed=2)
         run = {"latent": None}
-    reference = sample(model, *conds, **{**RUN, "latent": pixel_latent(), **run})
+    reference = sample(model, *conds, **{**RUN, "latent": pixel_latent(), **{k: v for k, v in run.items()
+                                                                          if k != "interval"}})
     out, summary = run_auto(model, caplog, conds, **run)
     assert "auto: calibrated:" in summary and torch.equal(out, reference)
     assert len(profiles(freqca_dirs)) == 2

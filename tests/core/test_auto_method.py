@@ -66,9 +66,11 @@ def test_a_run_with_a_choice_uses_its_method_and_full_steps(tiny):
     timeline = result.stats.timeline()
     assert [i for i, c in enumerate(timeline) if c == "F"] == list(choice.full_steps)
     assert len(chosen) == 1  # nothing recalibrated
-    # a choice for another step count calibrates again
-    other = config.new_controller(STEPS + 2)
-    assert isinstance(other.method, RecordingMethod)
+    # a choice for another step count or number of full steps calibrates again
+    assert isinstance(config.new_controller(STEPS + 2).method, RecordingMethod)
+    faster = CacheConfig("auto", interval=6, choice=choice)
+    assert budget_of(faster, STEPS) != len(choice.full_steps)
+    assert isinstance(faster.new_controller(STEPS).method, RecordingMethod)
 
 
 def test_an_interrupted_calibration_chooses_nothing():
