@@ -173,3 +173,12 @@ def test_predict_many_is_predict_at_each_sigma(candidate):
     many = method.predict_many(history, [0.6, 0.45, 0.3], LAYOUT)
     for forecast, sigma in zip(many, [0.6, 0.45, 0.3]):
         torch.testing.assert_close(forecast, method.predict(history, sigma, LAYOUT), rtol=1e-5, atol=1e-5)
+
+
+def test_spearman_of_measure_auto():
+    from freqca_lab.measure_auto import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties get average ranks: [0, 1.5, 1.5, 3] against [0, 2, 1, 3]: covariance 4.5, variances 4.5 and 5
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
