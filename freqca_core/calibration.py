@@ -189,19 +189,22 @@ class StepErrors:
         return (weights * total / len(self.trajectory.streams)).tolist()
 
 
-def placement_score(row: Row, full: Sequence[int], n_steps: int, history_size: int) -> float:
+def placement_score(row: Row, full: Sequence[int], n_steps: int, history_size: int,
+                    compounding: bool = False) -> float:
     """The score of the placement ``full`` (step 0 added): the sum of the costs of its cached steps, each with
-    the ``history_size`` newest full steps before it as history."""
+    the ``history_size`` newest full steps before it as history (with ``compounding``, the cost of cached step
+    ``j`` counts ``m - j`` times, ``m`` the next full step: its drift lasts until a full step)."""
     chosen = sorted(set(full) | {0})
     total, history = 0.0, ()
     for k, stop in zip(chosen, chosen[1:] + [n_steps]):
         history = ((k,) + history)[:history_size]
-        total += sum(row(history, stop))
+        costs = row(history, stop)
+        total += sum(c * ((stop - j) if compounding else 1) for j, c in zip(range(k + 1, stop), costs))
     return total
 
 
 def best_placement(row: Row, n_steps: int, budget: int, history_size: int,
-                   max_gap: int | None = None) -> tuple[tuple[int, ...], float]:
+                   max_gap: int | None = None, compounding: bool = False) -> tuple[tuple[int, ...], float]:
     """The full steps (exactly ``budget`` of them, step 0 among them, consecutive ones at most ``max_gap``
     apart, the run's end at most ``max_gap`` after the last) that minimise ``placement_score``, and that score.
 
@@ -213,16 +216,20 @@ def best_placement(row: Row, n_steps: int, budget: int, history_size: int,
     gap = n if max_gap is None else check_int("max_gap", max_gap, 1)
     if budget * gap < n:
         raise ValueError(f"{budget} full steps at most {gap} apart cannot cover {n} steps")
-    sums: dict[tuple[int, ...], list[float]] = {}
+    sums: dict[tuple[int, ...], tuple[list[float], list[float]]] = {}
 
     def segment(state: tuple[int, ...], m: int) -> float:
-        """Cost of caching the steps strictly between ``state[0]`` and ``m`` (one ``row`` per state)."""
+        """Cost of caching the steps strictly between ``state[0]`` and ``m`` (one ``row`` per state): prefix
+        sums of ``c_j`` and of ``c_j * j``, so that the compounding cost ``sum c_j (m - j)`` is O(1) too."""
         if state not in sums:
-            acc = [0.0]
-            for cost in row(state, min(n, state[0] + gap)):
-                acc.append(acc[-1] + cost)
-            sums[state] = acc
-        return sums[state][m - state[0] - 1]
+            plain, moments = [0.0], [0.0]
+            for j, cost in enumerate(row(state, min(n, state[0] + gap)), start=state[0] + 1):
+                plain.append(plain[-1] + cost)
+                moments.append(moments[-1] + cost * j)
+            sums[state] = (plain, moments)
+        plain, moments = sums[state]
+        i = m - state[0] - 1
+        return m * plain[i] - moments[i] if compounding else plain[i]
 
     layer: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {(0,): (0.0, (0,))}
     for count in range(1, budget):
@@ -315,7 +322,8 @@ class Scored:
 
 
 def score_candidates(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
-                     max_gap: int | None = None, transform: str = "dct", noise_weighted: bool = True) -> list[Scored]:
+                     max_gap: int | None = None, transform: str = "dct", noise_weighted: bool = True,
+                     compounding: bool = False) -> list[Scored]:
     """Each candidate's best placement of exactly ``budget`` full steps (band splits by ``transform``; errors
     weighted by ``noise_weight`` or, without ``noise_weighted``, alike at every step)."""
     n = trajectory.n_steps
@@ -325,8 +333,8 @@ def score_candidates(trajectory: Trajectory, budget: int, candidates: Sequence[C
     for candidate in candidates:
         method = candidate.build(transform)
         row = StepErrors(trajectory, method, noise_weighted).row
-        steps, score = best_placement(row, n, budget, method.history_size, gap)
-        even = placement_score(row, even_placement(n, budget), n, method.history_size)
+        steps, score = best_placement(row, n, budget, method.history_size, gap, compounding)
+        even = placement_score(row, even_placement(n, budget), n, method.history_size, compounding)
         scored.append(Scored(candidate, steps, score, even))
     return scored
 

@@ -36,27 +36,34 @@ def random_errors(seed: int):
     return lambda history, stop: [cost(history, j) for j in range(history[0] + 1, stop)]
 
 
-def brute_force(errors, n: int, budget: int, h: int, gap: int | None = None) -> float:
+def brute_force(errors, n: int, budget: int, h: int, gap: int | None = None, compounding: bool = False) -> float:
     best = float("inf")
     for rest in itertools.combinations(range(1, n), budget - 1):
         steps = (0,) + rest
         ends = steps + (n,)
         if gap is not None and any(b - a > gap for a, b in zip(ends, ends[1:])):
             continue
-        best = min(best, placement_score(errors, steps, n, h))
+        best = min(best, placement_score(errors, steps, n, h, compounding))
     return best
 
 
+@pytest.mark.parametrize("compounding", [False, True])
 @pytest.mark.parametrize("n,budget,h,gap", [(9, 4, 1, None), (9, 4, 2, None), (10, 4, 3, None), (10, 5, 2, 3),
                                             (8, 1, 2, None), (8, 8, 3, None), (11, 3, 3, 5)])
-def test_dp_finds_the_brute_force_optimum_with_exactly_the_budget(n, budget, h, gap):
+def test_dp_finds_the_brute_force_optimum_with_exactly_the_budget(n, budget, h, gap, compounding):
     errors = random_errors(n * 100 + budget * 10 + h)
-    steps, score = best_placement(errors, n, budget, h, gap)
+    steps, score = best_placement(errors, n, budget, h, gap, compounding)
     assert len(steps) == budget and steps[0] == 0 and list(steps) == sorted(set(steps)) and steps[-1] < n
     ends = steps + (n,)
     assert gap is None or all(b - a <= gap for a, b in zip(ends, ends[1:]))
-    assert score == pytest.approx(placement_score(errors, steps, n, h))
-    assert score == pytest.approx(brute_force(errors, n, budget, h, gap))
+    assert score == pytest.approx(placement_score(errors, steps, n, h, compounding))
+    assert score == pytest.approx(brute_force(errors, n, budget, h, gap, compounding))
+
+
+def test_compounding_counts_a_cached_step_until_the_next_full_step():
+    row = lambda history, stop: [1.0] * (stop - history[0] - 1)  # noqa: E731
+    assert placement_score(row, (0, 4), 6, 1) == 4.0  # steps 1, 2, 3, 5
+    assert placement_score(row, (0, 4), 6, 1, compounding=True) == (3 + 2 + 1) + 1
 
 
 def test_dp_refuses_a_budget_that_cannot_cover_the_run():
