@@ -295,7 +295,10 @@ class Choice:
                 or steps[-1] >= choice.n_steps:
             raise ValueError(f"calibration choice: full_steps {list(steps)!r:.80} must rise from 0 below "
                              f"n_steps {choice.n_steps}")
-        Candidate(choice.label, choice.method, choice.params).build()  # validates the parameters
+        try:
+            Candidate(choice.label, choice.method, choice.params).build()  # validates the parameters
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"calibration choice: bad params ({exc})") from None
         return choice
 
     def text(self) -> str:

@@ -1,9 +1,8 @@
 """``auto``: the method and full steps chosen for this model by calibration (``calibration.py``).
 
 Without a chosen configuration (``CacheConfig.choice``; or one made for another step count or number of full
-steps) the run is the
-calibration: every step is computed in full, so its output is the uncached one, and ``RecordingMethod``
-records each call's CRF and output (through its ``encode`` and ``finish_call`` hooks). At the run's end it
+steps) the run is the calibration: every step is computed in full, so its output is the uncached one, and
+``RecordingMethod`` records each call's CRF and output (through its ``encode`` and ``finish_call`` hooks). At the run's end it
 picks the candidate and the placement of the full steps with the least predicted error for the number of
 full steps the fixed schedule of the config would compute (the user's speed), and hands the ``Choice`` to
 ``CacheConfig.on_choice`` (the node stores it as a profile). With a choice, the run uses the chosen method on

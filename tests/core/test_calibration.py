@@ -162,6 +162,7 @@ def test_choice_round_trips_and_refuses_bad_json():
     assert again == choice and "predicted error" in again.text()
     bad = [None, [], {**choice.to_json(), "method": "feb"}, {**choice.to_json(), "full_steps": [1, 3]},
            {**choice.to_json(), "full_steps": [0, 12]}, {**choice.to_json(), "params": {"taylor_order": 9}},
+           {**choice.to_json(), "params": {"no_such_field": 1}},
            {k: v for k, v in choice.to_json().items() if k != "n_steps"}]
     for data in bad:
         with pytest.raises(ValueError):
