@@ -1,5 +1,6 @@
 """How well calibration (method ``auto``) chooses on the testbed: ``python3 -m freqca_lab.measure_auto
-[--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--threads 1] [--gap-slack K] [--uniform] [--compounding] [--json PATH]``.
+[--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--threads 1] [--gap-slack K] [--noise-weighted] [--no-compounding]
+[--json PATH]``.
 
 One uncached run on the benchmark's calibration seeds and prompts is recorded (``RecordingMethod``); at each
 budget (the full-step count of the fixed schedule, warm-up 3, at each interval) every candidate is scored open
@@ -58,9 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gap-slack", type=int, default=None,
                         help="search gaps of at most ceil(steps / full steps) + this (default: default_max_gap)")
-    parser.add_argument("--uniform", action="store_true", help="score cached steps alike (no noise weight)")
-    parser.add_argument("--compounding", action="store_true",
-                        help="a cached step's cost counts until the next full step (drift compounds)")
+    parser.add_argument("--noise-weighted", action="store_true", help="weigh cached steps by their noise level")
+    parser.add_argument("--no-compounding", action="store_true",
+                        help="count a cached step's cost once (not until the next full step)")
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,16 +90,16 @@ def main(argv: list[str] | None = None) -> dict:
         budget = len(fixed.full_steps(n))
         started = time.perf_counter()
         gap = None if args.gap_slack is None else math.ceil(n / budget) + args.gap_slack
-        scored = score_candidates(trajectory, budget, max_gap=gap, noise_weighted=not args.uniform,
-                                  compounding=args.compounding)
+        scored = score_candidates(trajectory, budget, max_gap=gap, noise_weighted=args.noise_weighted,
+                                  compounding=not args.no_compounding)
         choose_s = time.perf_counter() - started
         rows = []
         for s in scored:
             method = s.candidate.build()
-            row = StepErrors(trajectory, method, not args.uniform).row
+            row = StepErrors(trajectory, method, args.noise_weighted).row
             for kind, steps in (("searched", s.full_steps), ("even", even_placement(n, budget)),
                                 ("fixed", tuple(fixed.full_steps(n)))):
-                score = placement_score(row, steps, n, method.history_size, args.compounding)
+                score = placement_score(row, steps, n, method.history_size, not args.no_compounding)
                 controller = CacheController(s.candidate.build(), GateSchedule.from_steps(steps, n))
                 images = run(report[1], report[0], controller).images
                 psnr = sum(fidelity(images, reference)["psnr"]) / args.seeds

@@ -62,8 +62,8 @@ def test_dp_finds_the_brute_force_optimum_with_exactly_the_budget(n, budget, h, 
 
 def test_compounding_counts_a_cached_step_until_the_next_full_step():
     row = lambda history, stop: [1.0] * (stop - history[0] - 1)  # noqa: E731
-    assert placement_score(row, (0, 4), 6, 1) == 4.0  # steps 1, 2, 3, 5
-    assert placement_score(row, (0, 4), 6, 1, compounding=True) == (3 + 2 + 1) + 1
+    assert placement_score(row, (0, 4), 6, 1, compounding=False) == 4.0  # steps 1, 2, 3, 5
+    assert placement_score(row, (0, 4), 6, 1) == (3 + 2 + 1) + 1  # the default
 
 
 def test_dp_refuses_a_budget_that_cannot_cover_the_run():
@@ -98,14 +98,14 @@ def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact):
         assert choice.scores[label] > 1e-3
 
 
-def test_errors_weigh_the_relative_crf_error_by_sigma():
+def test_errors_weigh_the_relative_crf_error_alike_or_by_sigma():
     trajectory = polynomial_trajectory(10, 1)
-    row = StepErrors(trajectory, Candidate("reuse", "reuse").build()).row
+    row = StepErrors(trajectory, Candidate("reuse", "reuse").build(), noise_weighted=True).row
     crfs, sigmas = trajectory.streams[0].crfs, trajectory.sigmas
     rel = [float((crfs[0] - crfs[j]).abs().mean() / crfs[j].abs().mean()) for j in (1, 2, 3)]
     assert row((0,), 4) == pytest.approx([0.13 * sigmas[j] * e for j, e in zip((1, 2, 3), rel)], rel=1e-5)
     assert row((0,), 1) == []
-    uniform = StepErrors(trajectory, Candidate("reuse", "reuse").build(), noise_weighted=False).row
+    uniform = StepErrors(trajectory, Candidate("reuse", "reuse").build()).row  # the default: alike
     assert uniform((0,), 4) == pytest.approx([0.13 * sigmas[0] * e for e in rel], rel=1e-5)
 
 
@@ -118,11 +118,12 @@ def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
     f, r = StepErrors(trajectory, frdiff).row, StepErrors(trajectory, reuse).row
     out = float((stream.outputs[0] - stream.outputs[2]).abs().mean() / stream.outputs[2].abs().mean())
     w = frdiff.output_weight(2, 10)
-    assert w == 1.0 and f((0,), 3)[-1] == pytest.approx(0.13 * trajectory.sigmas[2] * out, rel=1e-5)
+    scale = 0.13 * trajectory.sigmas[0]  # every step alike (the default weighting)
+    assert w == 1.0 and f((0,), 3)[-1] == pytest.approx(scale * out, rel=1e-5)
     assert frdiff.output_weight(9, 10) == 0.0 and f((8,), 10) == pytest.approx(r((8,), 10))
     mid = frdiff.output_weight(5, 10)
     assert 0 < mid < 1 and f((4,), 6) == pytest.approx(
-        [(1 - mid) * r((4,), 6)[0] + mid * 0.13 * trajectory.sigmas[5] * float(
+        [(1 - mid) * r((4,), 6)[0] + mid * scale * float(
             (stream.outputs[4] - stream.outputs[5]).abs().mean() / stream.outputs[5].abs().mean())], rel=1e-5)
 
 
