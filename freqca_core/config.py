@@ -2,12 +2,13 @@
 cache, validated on construction, that build a ``CacheController`` through the method registry."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 import torch
 
 from .adaptive import AdaptiveSchedule
+from .calibration import Choice
 from .controller import CacheController
 from .forecast import HermiteForecaster
 from .methods import METHODS, REGISTRY, CacheMethod
@@ -43,6 +44,8 @@ class CacheConfig:
     gates: GateSchedule | None = None  # FRDiff: Auto-FR gates that replace the schedule
     offload: bool = False
     fit_short_runs: bool = False  # fixed schedule: fit runs too short for it (``FixedSchedule.for_run``)
+    choice: Choice | None = None  # auto: the calibrated method and full steps (None: the run calibrates)
+    on_choice: Callable[[Choice], None] | None = field(default=None, compare=False)  # auto: gets a new choice
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)

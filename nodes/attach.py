@@ -33,6 +33,7 @@ from ..freqca_core import CacheConfig, CacheController, CallPlan, FixedSchedule,
 from ..freqca_core.methods import REGISTRY
 from .families import BlockKey, DitFamily, call_arguments
 from .other_caches import OtherCache, describe, other_caches
+from .profiles import RunProfile, profile_key
 
 log = logging.getLogger("freqca")
 
@@ -311,6 +312,16 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
     options = guider.model_options["transformer_options"]
     settings: FreqCaSettings = options[SETTINGS_KEY]
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+    noise = args[0] if args else kwargs.get("noise")
+    profile = None
+    if "choice" in REGISTRY[settings.cache.method].options and sigmas is not None and noise is not None:
+        try:  # a calibrated method (auto): this run's profile, or this run calibrates
+            sigma_list = sigmas.detach().float().cpu().tolist()
+            window = settings.cache.with_sigma_window(settings.start_sigma, settings.end_sigma, sigma_list)
+            profile = RunProfile(profile_key(guider.model_patcher, sigma_list, noise.shape, window))
+            settings = replace(settings, cache=profile.config(settings.cache))
+        except Exception as exc:  # never fail a run over a profile: calibrate without storing
+            log.warning("FreqCa auto: no profile for this run (%r)", exc)
     state = RunState(settings, sigmas)
     state.note_other_caches(other_caches(guider.model_options))
     state.base_variant = pass_variant(options)
@@ -319,6 +330,8 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
         return executor(*args, **kwargs)
     finally:
         state.controller.end_run()
+        if profile is not None:
+            state.notes.extend(profile.notes)
         text = state.summary()
         log.info(text)
         _show_on_node(settings.node_id, text, state.report())

@@ -25,10 +25,10 @@ const MAX_HOPS = 8;
 
 // Mirror of freqca_core.schedule.FixedSchedule.forced_full / is_full (the Python side stays the
 // authority: after a run the real timeline replaces this plan). "F" full, "c" cached, "?" decided during
-// the run (adaptive schedule), by FEB-Cache's table or by a gates file. start/end percent are points of the
+// the run (adaptive schedule), by FEB-Cache's table, by a gates file or by calibration (method auto). start/end percent are points of the
 // noise schedule, which the front-end does not know: the plan takes them as fractions of the steps.
 function planOf(step, n, s) {
-  if (s.method === "feb" || s.gates) return step === 0 ? "F" : "?";  // a table or gates file decides
+  if (s.method === "feb" || s.method === "auto" || s.gates) return step === 0 ? "F" : "?";  // decided elsewhere
   let origin = Math.max(s.warmup_steps, 1);
   if (n != null) {
     origin = Math.max(origin, Math.ceil(s.start_percent * n - 1e-9));
@@ -44,7 +44,7 @@ function planOf(step, n, s) {
 // MIN_CACHED_STEPS steps every step is full.
 const MIN_CACHED_STEPS = 5;
 function fitted(s, n) {
-  if (n == null || s.method === "feb" || s.gates || s.schedule !== "fixed" || s.interval <= 1
+  if (n == null || s.method === "feb" || s.method === "auto" || s.gates || s.schedule !== "fixed" || s.interval <= 1
       || n >= s.warmup_steps + 2 * s.interval + 1) return s;
   if (n < MIN_CACHED_STEPS) return { ...s, warmup_steps: n, interval: 1 };
   const quarter = Math.floor(n / 4);

@@ -1,5 +1,5 @@
 """Cache methods and their registry. Adding a method = one module here with a ``SPEC`` + one line below."""
-from . import feb, frdiff, freqca, restaylor, reuse, taylor
+from . import auto, feb, frdiff, freqca, restaylor, reuse, taylor
 from .base import CacheMethod, ForecastMethod, MethodSpec
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
@@ -9,6 +9,7 @@ REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     frdiff.SPEC,
     feb.SPEC,
     restaylor.SPEC,
+    auto.SPEC,
 )}
 METHODS = tuple(REGISTRY)
 

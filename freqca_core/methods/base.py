@@ -39,6 +39,10 @@ class CacheMethod(ABC):
     def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
         """The stored quantity ``[b, L, D]`` at ``sigma`` from a non-empty ``history``."""
 
+    def predict_many(self, history: CRFHistory, sigmas: Sequence[float], layout: TokenLayout) -> torch.Tensor:
+        """``predict`` at each of ``sigmas``, stacked: ``[J, b, L, D]`` (calibration scores many steps at once)."""
+        return torch.stack([self.predict(history, sigma, layout) for sigma in sigmas])
+
     def encode(self, crf: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
         """What the history stores for a computed CRF ``[B, L, D]`` (None: nothing can be stored)."""
         return crf
@@ -82,6 +86,11 @@ class ForecastMethod(CacheMethod):
         weights = self.forecaster.weights(history.sigmas, sigma, step_size(history))
         dtype = history.entries[0].crf.dtype  # accumulate in >= float32: bf16/fp16 sums of large weights drift
         return weighted_sum(history, weights, torch.promote_types(dtype, torch.float32)).to(dtype)
+
+    def predict_many(self, history: CRFHistory, sigmas: Sequence[float], layout: TokenLayout) -> torch.Tensor:
+        unit = step_size(history)
+        weights = [self.forecaster.weights(history.sigmas, sigma, unit) for sigma in sigmas]
+        return weighted_sums(history, weights)
 
     def describe(self) -> dict:
         return {"forecaster": self.forecaster.name, "order": self.history_size - 1}
@@ -129,6 +138,14 @@ def weighted_sum(history: CRFHistory, weights: Sequence[float], dtype: torch.dty
     if out is None:
         return torch.zeros_like(history.entries[0].crf, dtype=dtype)
     return out
+
+
+def weighted_sums(history: CRFHistory, weights: Sequence[Sequence[float]]) -> torch.Tensor:
+    """``[J, b, L, D]``: row ``j`` is ``sum_i weights[j][i] F_i`` over the history (in >= float32)."""
+    stacked = torch.stack([e.crf for e in history.entries])
+    dtype = torch.promote_types(stacked.dtype, torch.float32)
+    w = torch.tensor(weights, dtype=dtype, device=stacked.device)
+    return torch.einsum("jh,h...->j...", w, stacked.to(dtype))
 
 
 def step_size(history: CRFHistory) -> float:

@@ -2,12 +2,14 @@
 forecast by the scaled 2nd-order Hermite extrapolation; the band split is a DCT (or FFT) over the token grid."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from ..cache import CRFHistory
 from ..forecast import Forecaster, HermiteForecaster, ReuseForecaster
 from ..spectral import BandSplitter, TokenLayout
-from .base import CacheMethod, MethodSpec, step_size, weighted_sum
+from .base import CacheMethod, MethodSpec, step_size, weighted_sum, weighted_sums
 
 
 class FreqCaMethod(CacheMethod):
@@ -35,6 +37,15 @@ class FreqCaMethod(CacheMethod):
         correction = weighted_sum(history, [r - h for r, h in zip(low_w, high_w)], acc)
         out = high + self.splitter.low(correction, layout)
         return out.to(dtype)
+
+    def predict_many(self, history: CRFHistory, sigmas: Sequence[float], layout: TokenLayout) -> torch.Tensor:
+        unit = step_size(history)
+        high_w = [self.high.weights(history.sigmas, sigma, unit) for sigma in sigmas]
+        low_w = [self.low.weights(history.sigmas, sigma, unit) for sigma in sigmas]
+        high = weighted_sums(history, high_w)
+        correction = weighted_sums(history, [[r - h for r, h in zip(rs, hs)] for rs, hs in zip(low_w, high_w)])
+        low = self.splitter.low(correction.flatten(0, 1), layout).view_as(correction)
+        return high + low
 
     def describe(self) -> dict:
         return {"cutoff": self.splitter.cutoff, "transform": self.splitter.transform,

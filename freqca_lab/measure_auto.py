@@ -1,0 +1,138 @@
+"""How well calibration (method ``auto``) chooses on the testbed: ``python3 -m freqca_lab.measure_auto
+[--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--threads 1] [--gap-slack K] [--noise-weighted] [--no-compounding]
+[--json PATH]``.
+
+One uncached run on the benchmark's calibration seeds and prompts is recorded (``RecordingMethod``); at each
+budget (the full-step count of the fixed schedule, warm-up 3, at each interval) every candidate is scored open
+loop on three placements: the searched one (``best_placement``), evenly spaced, and the fixed schedule's.
+Each (candidate, placement) is then run closed loop on the reported seeds and prompts and its PSNR measured
+against the uncached images. Printed per budget: the Spearman rank correlation of score and PSNR over
+those runs, ``auto``'s PSNR (the candidate and placement calibration chose), the best PSNR of all runs
+(brute force over these configurations), the fixed default (freqca, fixed schedule), searched against
+evenly spaced placements, and the calibration's time and recorded memory against the uncached run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+from freqca_core import CacheController, FixedSchedule
+from freqca_core.calibration import StepErrors, even_placement, placement_score, score_candidates
+from freqca_core.methods.auto import AllFull, RecordingMethod
+from freqca_core.methods.frdiff import GateSchedule
+
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, calib_prompts, report_prompts
+from .metrics import fidelity
+from .runner import generate
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    def ranks(xs: list[float]) -> list[float]:
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        out = [0.0] * len(xs)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / var if var else float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--intervals", type=int, nargs="+", default=[3, 4, 6, 9])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gap-slack", type=int, default=None,
+                        help="search gaps of at most ceil(steps / full steps) + this (default: default_max_gap)")
+    parser.add_argument("--noise-weighted", action="store_true", help="weigh cached steps by their noise level")
+    parser.add_argument("--no-compounding", action="store_true",
+                        help="count a cached step's cost once (not until the next full step)")
+    parser.add_argument("--json", type=str, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from .testbed.model import load_testbed
+    model, table = load_testbed("cpu")
+    n = args.steps
+
+    def run(prompts, seeds, controller):
+        return generate(model, prompts, seeds, n, CFG, controller, table=table, shift=SHIFT)
+
+    calib = ([CALIB_SEED_BASE + i for i in range(args.seeds)], calib_prompts(args.seeds))
+    report = ([REPORT_SEED_BASE + i for i in range(args.seeds)], report_prompts(args.seeds))
+    recorder = RecordingMethod(n, None)
+    uncached_calib = run(calib[1], calib[0], None)
+    recorded = run(calib[1], calib[0], CacheController(recorder, AllFull()))
+    trajectory = recorder.trajectory
+    reference = run(report[1], report[0], None).images
+    result = {"steps": n, "seeds": args.seeds, "threads": args.threads,
+              "recording_mb": round(recorder_bytes(trajectory) / 2 ** 20, 2),
+              "uncached_s": round(uncached_calib.wall_s, 2), "recorded_s": round(recorded.wall_s, 2),
+              "budgets": []}
+    print(f"calibration run: {recorded.wall_s:.2f} s recorded vs {uncached_calib.wall_s:.2f} s uncached; "
+          f"recording {result['recording_mb']} MB (fp16)")
+    for interval in args.intervals:
+        fixed = FixedSchedule(WARMUP, interval)
+        budget = len(fixed.full_steps(n))
+        started = time.perf_counter()
+        gap = None if args.gap_slack is None else math.ceil(n / budget) + args.gap_slack
+        scored = score_candidates(trajectory, budget, max_gap=gap, noise_weighted=args.noise_weighted,
+                                  compounding=not args.no_compounding)
+        choose_s = time.perf_counter() - started
+        rows = []
+        for s in scored:
+            method = s.candidate.build()
+            row = StepErrors(trajectory, method, args.noise_weighted).row
+            for kind, steps in (("searched", s.full_steps), ("even", even_placement(n, budget)),
+                                ("fixed", tuple(fixed.full_steps(n)))):
+                score = placement_score(row, steps, n, method.history_size, not args.no_compounding)
+                controller = CacheController(s.candidate.build(), GateSchedule.from_steps(steps, n))
+                images = run(report[1], report[0], controller).images
+                psnr = sum(fidelity(images, reference)["psnr"]) / args.seeds
+                rows.append({"candidate": s.candidate.label, "placement": kind, "full_steps": list(steps),
+                             "score": score, "psnr": psnr})
+        chosen = min(scored, key=lambda x: x.score)
+        auto = next(r for r in rows if r["candidate"] == chosen.candidate.label and r["placement"] == "searched")
+        best = max(rows, key=lambda r: r["psnr"])
+        default = next(r for r in rows if r["candidate"] == "freqca" and r["placement"] == "fixed")
+        rho = spearman([-r["score"] for r in rows], [r["psnr"] for r in rows])
+        searched = [r["psnr"] for r in rows if r["placement"] == "searched"]
+        even = [r["psnr"] for r in rows if r["placement"] == "even"]
+        entry = {"interval": interval, "budget": budget, "spearman": rho, "choose_s": round(choose_s, 2),
+                 "auto": auto, "best": best, "default": default, "rows": rows,
+                 "searched_minus_even_db": sum(a - b for a, b in zip(searched, even)) / len(searched)}
+        result["budgets"].append(entry)
+        print(f"{budget} full steps (interval {interval}): spearman {rho:+.2f}; auto {auto['candidate']} "
+              f"{auto['psnr']:.2f} dB; best {best['candidate']}/{best['placement']} {best['psnr']:.2f} dB; "
+              f"fixed default freqca {default['psnr']:.2f} dB; searched - even {entry['searched_minus_even_db']:+.2f} "
+              f"dB (mean over candidates); choosing took {choose_s:.2f} s")
+        for r in sorted(rows, key=lambda r: -r["psnr"]):
+            print(f"    {r['candidate']:15s} {r['placement']:8s} score {r['score']:.4f}  PSNR {r['psnr']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def recorder_bytes(trajectory) -> int:
+    """Bytes of the recording as stored (fp16)."""
+    return sum(t.numel() * 2 for s in trajectory.streams.values()
+               for t in s.crfs + (s.outputs or []))
+
+
+if __name__ == "__main__":
+    main()

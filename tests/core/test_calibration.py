@@ -1,0 +1,193 @@
+"""Calibration (issue 16): recording, open-loop scores, the placement search and the stored choice."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from freqca_core import TokenLayout
+from freqca_core.calibration import (
+    CANDIDATES, Candidate, Choice, StepErrors, StreamTrajectory, Trajectory, TrajectoryRecorder, best_placement,
+    calibrate, even_placement, placement_score)
+import runs
+
+LAYOUT = TokenLayout.grid(4, 4)
+
+
+def polynomial_trajectory(n: int, degree: int, streams: int = 1, seed: int = 0) -> Trajectory:
+    """A recorded run whose CRFs ``[1, 16, 8]`` are a polynomial of ``degree`` in sigma (float32, exact)."""
+    gen = torch.Generator().manual_seed(seed)
+    sigmas = runs.flux_sigmas(n)[:-1]
+    per = {}
+    for s in range(streams):
+        coeffs = [torch.randn(1, 16, 8, generator=gen) for _ in range(degree + 1)]
+        crfs = [sum(c * sigma ** p for p, c in enumerate(coeffs)) for sigma in sigmas]
+        per[s] = StreamTrajectory(LAYOUT, crfs, None)
+    return Trajectory(sigmas, per)
+
+
+def random_errors(seed: int):
+    """A ``Row`` with a deterministic arbitrary cost per (history, cached step)."""
+    def cost(history: tuple[int, ...], j: int) -> float:
+        return random.Random(repr((seed, history, j))).random()
+
+    return lambda history, stop: [cost(history, j) for j in range(history[0] + 1, stop)]
+
+
+def brute_force(errors, n: int, budget: int, h: int, gap: int | None = None, compounding: bool = False) -> float:
+    best = float("inf")
+    for rest in itertools.combinations(range(1, n), budget - 1):
+        steps = (0,) + rest
+        ends = steps + (n,)
+        if gap is not None and any(b - a > gap for a, b in zip(ends, ends[1:])):
+            continue
+        best = min(best, placement_score(errors, steps, n, h, compounding))
+    return best
+
+
+@pytest.mark.parametrize("compounding", [False, True])
+@pytest.mark.parametrize("n,budget,h,gap", [(9, 4, 1, None), (9, 4, 2, None), (10, 4, 3, None), (10, 5, 2, 3),
+                                            (8, 1, 2, None), (8, 8, 3, None), (11, 3, 3, 5)])
+def test_dp_finds_the_brute_force_optimum_with_exactly_the_budget(n, budget, h, gap, compounding):
+    errors = random_errors(n * 100 + budget * 10 + h)
+    steps, score = best_placement(errors, n, budget, h, gap, compounding)
+    assert len(steps) == budget and steps[0] == 0 and list(steps) == sorted(set(steps)) and steps[-1] < n
+    ends = steps + (n,)
+    assert gap is None or all(b - a <= gap for a, b in zip(ends, ends[1:]))
+    assert score == pytest.approx(placement_score(errors, steps, n, h, compounding))
+    assert score == pytest.approx(brute_force(errors, n, budget, h, gap, compounding))
+
+
+def test_compounding_counts_a_cached_step_until_the_next_full_step():
+    row = lambda history, stop: [1.0] * (stop - history[0] - 1)  # noqa: E731
+    assert placement_score(row, (0, 4), 6, 1, compounding=False) == 4.0  # steps 1, 2, 3, 5
+    assert placement_score(row, (0, 4), 6, 1) == (3 + 2 + 1) + 1  # the default
+
+
+def test_dp_refuses_a_budget_that_cannot_cover_the_run():
+    with pytest.raises(ValueError, match="cannot cover"):
+        best_placement(random_errors(0), 20, 3, 1, max_gap=4)
+    with pytest.raises(ValueError, match="full steps"):
+        best_placement(random_errors(0), 5, 6, 1)
+
+
+def test_even_placement_has_the_budget():
+    for n, b in [(50, 18), (50, 8), (28, 10), (7, 7), (9, 1)]:
+        steps = even_placement(n, b)
+        assert len(set(steps)) == b and steps[0] == 0 and max(steps) < n
+
+
+@pytest.mark.parametrize("degree,exact", [(0, "reuse"), (1, "taylor order 1"), (2, "taylor order 2")])
+def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact):
+    trajectory = polynomial_trajectory(14, degree, streams=2)
+    candidate = next(c for c in CANDIDATES if c.label == exact)
+    method = candidate.build()
+    errors = StepErrors(trajectory, method).row
+    # with the method's full history at every cached step: steps 0..h-1 full, then any placement
+    steps = tuple(range(method.history_size)) + (7, 11)
+    assert placement_score(errors, steps, 14, method.history_size) == pytest.approx(0.0, abs=1e-5)
+    choice = calibrate(trajectory, 5)
+    assert choice.score == pytest.approx(0.0, abs=1e-5)
+    assert choice.scores[exact] == pytest.approx(0.0, abs=1e-5)
+    assert len(choice.full_steps) == 5
+    lower = [c.label for c in CANDIDATES if (c.method == "reuse" and degree > 0) or (
+        c.method == "taylor" and c.params["taylor_order"] < degree)]
+    for label in lower:  # a lower order is not exact
+        assert choice.scores[label] > 1e-3
+
+
+def test_errors_weigh_the_relative_crf_error_alike_or_by_sigma():
+    trajectory = polynomial_trajectory(10, 1)
+    row = StepErrors(trajectory, Candidate("reuse", "reuse").build(), noise_weighted=True).row
+    crfs, sigmas = trajectory.streams[0].crfs, trajectory.sigmas
+    rel = [float((crfs[0] - crfs[j]).abs().mean() / crfs[j].abs().mean()) for j in (1, 2, 3)]
+    assert row((0,), 4) == pytest.approx([0.13 * sigmas[j] * e for j, e in zip((1, 2, 3), rel)], rel=1e-5)
+    assert row((0,), 1) == []
+    uniform = StepErrors(trajectory, Candidate("reuse", "reuse").build()).row  # the default: alike
+    assert uniform((0,), 4) == pytest.approx([0.13 * sigmas[0] * e for e in rel], rel=1e-5)
+
+
+def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
+    trajectory = polynomial_trajectory(10, 1)
+    gen = torch.Generator().manual_seed(3)
+    stream = trajectory.streams[0]
+    stream.outputs = [torch.randn(1, 3, 4, 4, generator=gen) for _ in range(10)]
+    frdiff, reuse = (Candidate(m, m).build() for m in ("frdiff", "reuse"))
+    f, r = StepErrors(trajectory, frdiff).row, StepErrors(trajectory, reuse).row
+    out = float((stream.outputs[0] - stream.outputs[2]).abs().mean() / stream.outputs[2].abs().mean())
+    w = frdiff.output_weight(2, 10)
+    scale = 0.13 * trajectory.sigmas[0]  # every step alike (the default weighting)
+    assert w == 1.0 and f((0,), 3)[-1] == pytest.approx(scale * out, rel=1e-5)
+    assert frdiff.output_weight(9, 10) == 0.0 and f((8,), 10) == pytest.approx(r((8,), 10))
+    mid = frdiff.output_weight(5, 10)
+    assert 0 < mid < 1 and f((4,), 6) == pytest.approx(
+        [(1 - mid) * r((4,), 6)[0] + mid * scale * float(
+            (stream.outputs[4] - stream.outputs[5]).abs().mean() / stream.outputs[5].abs().mean())], rel=1e-5)
+
+
+def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
+    recorder = TrajectoryRecorder()
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 16, 300, generator=gen), torch.randn(1, 16, 300, generator=gen)
+    sigmas = runs.flux_sigmas(6)[:-1]
+    for i, s in enumerate(sigmas[:-1]):
+        recorder.add(i, s, "cond", LAYOUT, a + s * b, output=torch.randn(1, 3, 4, 4, generator=gen))
+    assert recorder.trajectory(6) is None  # the last step is missing
+    recorder.add(5, sigmas[5], "cond", LAYOUT, a + sigmas[5] * b, output=torch.randn(1, 3, 4, 4, generator=gen))
+    stored = recorder.crfs["cond"][0]
+    assert stored.shape == (1, 16, 64) and stored.dtype == torch.float16 and stored.device.type == "cpu"
+    assert recorder.nbytes == 6 * (16 * 64 + 48) * 2
+    trajectory = recorder.trajectory(6)
+    assert trajectory.n_steps == 6 and trajectory.streams["cond"].outputs is not None
+    # projection is linear: taylor order 1 stays (nearly: fp16) exact; reuse does not
+    taylor = StepErrors(trajectory, Candidate("t", "taylor", {"taylor_order": 1}).build()).row
+    reuse = StepErrors(trajectory, Candidate("r", "reuse").build()).row
+    assert taylor((1, 0), 4)[-1] < 0.01 * reuse((1,), 4)[-1]
+
+
+def test_calibrate_keeps_the_budget_and_reports_every_candidate():
+    trajectory = polynomial_trajectory(20, 3, seed=4)
+    for budget in (3, 6, 10):
+        choice = calibrate(trajectory, budget)
+        assert len(choice.full_steps) == budget and choice.full_steps[0] == 0
+        assert set(choice.scores) == {c.label for c in CANDIDATES}
+        assert choice.score == min(choice.scores.values())
+        assert choice.score <= choice.even + 1e-12  # the search is never worse than even spacing
+
+
+def test_choice_round_trips_and_refuses_bad_json():
+    choice = calibrate(polynomial_trajectory(12, 2), 4)
+    again = Choice.from_json(choice.to_json())
+    assert again == choice and "predicted error" in again.text()
+    bad = [None, [], {**choice.to_json(), "method": "feb"}, {**choice.to_json(), "full_steps": [1, 3]},
+           {**choice.to_json(), "full_steps": [0, 12]}, {**choice.to_json(), "params": {"taylor_order": 9}},
+           {**choice.to_json(), "params": {"no_such_field": 1}},
+           {k: v for k, v in choice.to_json().items() if k != "n_steps"}]
+    for data in bad:
+        with pytest.raises(ValueError):
+            Choice.from_json(data)
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.label)
+def test_predict_many_is_predict_at_each_sigma(candidate):
+    from freqca_core import CRFHistory
+
+    gen = torch.Generator().manual_seed(1)
+    history = CRFHistory(3)
+    for step, sigma in enumerate([0.95, 0.8, 0.7]):
+        history.push(sigma, step, torch.randn(2, 16, 8, generator=gen))
+    method = candidate.build()
+    many = method.predict_many(history, [0.6, 0.45, 0.3], LAYOUT)
+    for forecast, sigma in zip(many, [0.6, 0.45, 0.3]):
+        torch.testing.assert_close(forecast, method.predict(history, sigma, LAYOUT), rtol=1e-5, atol=1e-5)
+
+
+def test_spearman_of_measure_auto():
+    from freqca_lab.measure_auto import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties get average ranks: [0, 1.5, 1.5, 3] against [0, 2, 1, 3]: covariance 4.5, variances 4.5 and 5
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
