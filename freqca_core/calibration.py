@@ -28,7 +28,7 @@ of every cached step is exact), gaps between full steps at most ``max_gap``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 
 import torch
@@ -130,9 +130,11 @@ class Candidate:
     method: str
     params: dict = field(default_factory=dict)
 
-    def build(self, transform: str = "dct") -> CacheMethod:
-        from .config import make_method  # the config imports the registry, which imports this module
-        return make_method(self.method, transform=transform, **self.params)
+    def build(self, base, transform: str = "dct") -> CacheMethod:
+        """The method as ``base`` (a ``CacheConfig``) with this candidate's method and params builds it (the
+        config is passed in: this module is imported by the registry the config imports)."""
+        return replace(base, method=self.method, choice=None, on_choice=None, **self.params).new_method(
+            transform=transform)
 
 
 # Registered methods that need only the CRF history (and the last full output): FEB-Cache's attention reuse
@@ -276,8 +278,9 @@ class Choice:
                 "scores": dict(self.scores), "even": self.even}
 
     @classmethod
-    def from_json(cls, data: object) -> "Choice":
-        """Parse ``to_json``'s output; ValueError naming the bad field (the caller calibrates again)."""
+    def from_json(cls, data: object, base) -> "Choice":
+        """Parse ``to_json``'s output, its params checked by building the method from ``base`` (a
+        ``CacheConfig``); ValueError naming the bad field (the caller calibrates again)."""
         if not isinstance(data, dict):
             raise ValueError(f"a calibration choice must be a JSON object, got {type(data).__name__}")
         try:
@@ -297,7 +300,7 @@ class Choice:
             raise ValueError(f"calibration choice: full_steps {list(steps)!r:.80} must rise from 0 below "
                              f"n_steps {choice.n_steps}")
         try:
-            Candidate(choice.label, choice.method, choice.params).build()  # validates the parameters
+            Candidate(choice.label, choice.method, choice.params).build(base)  # validates the parameters
         except (TypeError, ValueError) as exc:
             raise ValueError(f"calibration choice: bad params ({exc})") from None
         return choice
@@ -325,17 +328,18 @@ class Scored:
     even: float
 
 
-def score_candidates(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
+def score_candidates(trajectory: Trajectory, budget: int, base, candidates: Sequence[Candidate] = CANDIDATES,
                      max_gap: int | None = None, transform: str = "dct", noise_weighted: bool = False,
                      compounding: bool = True) -> list[Scored]:
     """Each candidate's best placement of exactly ``budget`` full steps (band splits by ``transform``; for
-    ``noise_weighted`` and ``compounding`` see the module docstring)."""
+    ``noise_weighted`` and ``compounding`` see the module docstring; ``base``: the ``CacheConfig`` the candidates'
+    settings replace)."""
     n = trajectory.n_steps
     budget = min(check_int("full steps", budget, 1), n)
     gap = max_gap if max_gap is not None else default_max_gap(n, budget)
     scored = []
     for candidate in candidates:
-        method = candidate.build(transform)
+        method = candidate.build(base, transform)
         row = StepErrors(trajectory, method, noise_weighted).row
         steps, score = best_placement(row, n, budget, method.history_size, gap, compounding)
         even = placement_score(row, even_placement(n, budget), n, method.history_size, compounding)
@@ -343,10 +347,10 @@ def score_candidates(trajectory: Trajectory, budget: int, candidates: Sequence[C
     return scored
 
 
-def calibrate(trajectory: Trajectory, budget: int, candidates: Sequence[Candidate] = CANDIDATES,
+def calibrate(trajectory: Trajectory, budget: int, base, candidates: Sequence[Candidate] = CANDIDATES,
               max_gap: int | None = None, transform: str = "dct") -> Choice:
     """The candidate and placement of exactly ``budget`` full steps with the least predicted error."""
-    scored = score_candidates(trajectory, budget, candidates, max_gap, transform)
+    scored = score_candidates(trajectory, budget, base, candidates, max_gap, transform)
     best = min(scored, key=lambda s: s.score)
     c = best.candidate
     return Choice(c.label, c.method, dict(c.params), best.full_steps, trajectory.n_steps, best.score,

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from freqca_core import CacheController, FixedSchedule
+from freqca_core import CacheConfig, CacheController, FixedSchedule
 from freqca_core.calibration import StepErrors, even_placement, placement_score, score_candidates
 from freqca_core.methods.auto import AllFull, RecordingMethod
 from freqca_core.methods.frdiff import GateSchedule
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     calib = ([CALIB_SEED_BASE + i for i in range(args.seeds)], calib_prompts(args.seeds))
     report = ([REPORT_SEED_BASE + i for i in range(args.seeds)], report_prompts(args.seeds))
-    recorder = RecordingMethod(n, None)
+    recorder = RecordingMethod(n, None, CacheConfig())
     uncached_calib = run(calib[1], calib[0], None)
     recorded = run(calib[1], calib[0], CacheController(recorder, AllFull()))
     trajectory = recorder.trajectory
@@ -90,17 +90,17 @@ def main(argv: list[str] | None = None) -> dict:
         budget = len(fixed.full_steps(n))
         started = time.perf_counter()
         gap = None if args.gap_slack is None else math.ceil(n / budget) + args.gap_slack
-        scored = score_candidates(trajectory, budget, max_gap=gap, noise_weighted=args.noise_weighted,
-                                  compounding=not args.no_compounding)
+        scored = score_candidates(trajectory, budget, CacheConfig(), max_gap=gap,
+                                  noise_weighted=args.noise_weighted, compounding=not args.no_compounding)
         choose_s = time.perf_counter() - started
         rows = []
         for s in scored:
-            method = s.candidate.build()
+            method = s.candidate.build(CacheConfig())
             row = StepErrors(trajectory, method, args.noise_weighted).row
             for kind, steps in (("searched", s.full_steps), ("even", even_placement(n, budget)),
                                 ("fixed", tuple(fixed.full_steps(n)))):
                 score = placement_score(row, steps, n, method.history_size, not args.no_compounding)
-                controller = CacheController(s.candidate.build(), GateSchedule.from_steps(steps, n))
+                controller = CacheController(s.candidate.build(CacheConfig()), GateSchedule.from_steps(steps, n))
                 images = run(report[1], report[0], controller).images
                 psnr = sum(fidelity(images, reference)["psnr"]) / args.seeds
                 rows.append({"candidate": s.candidate.label, "placement": kind, "full_steps": list(steps),

@@ -66,7 +66,7 @@ class RunProfile:
         self.key = key
         self.notes: list[str] = []
 
-    def load(self) -> Choice | None:
+    def load(self, base: CacheConfig) -> Choice | None:
         data, message = read_profile(self.key)
         if data is None:
             if "none stored" not in message:
@@ -75,7 +75,7 @@ class RunProfile:
         try:
             if not isinstance(data, dict) or data.get("key") != self.key:
                 raise ValueError("its key is not this run's")
-            choice = Choice.from_json(data.get("choice"))
+            choice = Choice.from_json(data.get("choice"), base)
             if (choice.n_steps, len(choice.full_steps)) != (self.key["steps"], self.key["full_steps"]):
                 raise ValueError(f"made for {len(choice.full_steps)} of {choice.n_steps} steps full")
         except ValueError as exc:
@@ -86,7 +86,7 @@ class RunProfile:
 
     def config(self, cache: CacheConfig) -> CacheConfig:
         """``cache`` with the stored choice (None: this run calibrates) and ``store`` as its receiver."""
-        choice = self.load()
+        choice = self.load(cache)
         if choice is None:
             self.notes.append("auto: no profile for this model, steps, schedule and size: this run computes "
                               "every step (calibration) and chooses for the next runs")

@@ -45,9 +45,10 @@ class RecordingMethod(CacheMethod):
     name = "auto"
     history_size = 1
 
-    def __init__(self, n_steps: int | None, budget: int | None,
+    def __init__(self, n_steps: int | None, budget: int | None, base,
                  on_choice: Callable[[Choice], None] | None = None, transform: str = "dct") -> None:
         self.n_steps, self.budget, self.on_choice, self.transform = n_steps, budget, on_choice, transform
+        self.base = base  # the CacheConfig the candidates' settings replace
         self.recorder = TrajectoryRecorder()
         self.pending: torch.Tensor | None = None  # the CRF of the full call in flight
         self.choice: Choice | None = None
@@ -80,7 +81,7 @@ class RecordingMethod(CacheMethod):
         self.trajectory = trajectory
         if trajectory is not None and self.budget:
             try:
-                self.choice = calibrate(trajectory, self.budget, transform=self.transform)
+                self.choice = calibrate(trajectory, self.budget, self.base, transform=self.transform)
                 if self.on_choice is not None:
                     self.on_choice(self.choice)
             except Exception as exc:  # calibration must never fail the (finished) run
@@ -110,9 +111,9 @@ def build(config, n_steps: int | None, transform: str):
     budget = budget_of(config, n_steps) if n_steps else None
     choice = config.choice
     if choice is not None and choice.n_steps == n_steps and len(choice.full_steps) == budget:
-        method = Candidate(choice.label, choice.method, choice.params).build(transform)
+        method = Candidate(choice.label, choice.method, choice.params).build(config, transform)
         return method, GateSchedule.from_steps(choice.full_steps, n_steps, {"calibrated": choice.label})
-    return RecordingMethod(n_steps, budget, config.on_choice, transform), AllFull()
+    return RecordingMethod(n_steps, budget, config, config.on_choice, transform), AllFull()
 
 
 SPEC = MethodSpec("auto", "calibrated per model: the first run computes every step and picks the method "

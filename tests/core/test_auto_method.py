@@ -8,9 +8,8 @@ from freqca_core import METHODS, CacheConfig, FixedSchedule
 from freqca_core.calibration import Choice
 from freqca_core.methods.auto import AllFull, RecordingMethod, budget_of
 from freqca_core.methods.frdiff import GateSchedule
-from freqca_lab.runner import generate, randomize
-from freqca_lab.testbed.data import PROMPTS, PromptTable
-from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig
+from freqca_lab.runner import generate
+import runs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 16
@@ -18,10 +17,7 @@ STEPS = 16
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = TinyFluxConfig(hidden_size=32, num_heads=2, axes_dim=[4, 6, 6], depth=1, depth_single_blocks=2,
-                            vec_in_dim=16, context_in_dim=16)
-    model = randomize(TinyFlux(config), seed=3).eval().requires_grad_(False)
-    return model, PromptTable.create(PROMPTS, 2, 16, 16, seed=0).requires_grad_(False)
+    return runs.tiny_testbed()
 
 
 def run(tiny, config: CacheConfig | None, steps: int = STEPS):
@@ -75,7 +71,7 @@ def test_a_run_with_a_choice_uses_its_method_and_full_steps(tiny):
 
 def test_an_interrupted_calibration_chooses_nothing():
     chosen: list[Choice] = []
-    method = RecordingMethod(10, 4, chosen.append)
+    method = RecordingMethod(10, 4, CacheConfig(), chosen.append)
     method.start_run(None)
     assert method.end_run() == {} and chosen == [] and method.choice is None
 

@@ -7,11 +7,13 @@ import random
 import pytest
 import torch
 
-from freqca_core import TokenLayout
+from freqca_core import CacheConfig, TokenLayout
 from freqca_core.calibration import (
     CANDIDATES, Candidate, Choice, StepErrors, StreamTrajectory, Trajectory, TrajectoryRecorder, best_placement,
     calibrate, even_placement, placement_score)
 import runs
+
+BASE = CacheConfig()  # the config the candidates' settings replace
 
 LAYOUT = TokenLayout.grid(4, 4)
 
@@ -83,12 +85,12 @@ def test_even_placement_has_the_budget():
 def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact):
     trajectory = polynomial_trajectory(14, degree, streams=2)
     candidate = next(c for c in CANDIDATES if c.label == exact)
-    method = candidate.build()
+    method = candidate.build(BASE)
     errors = StepErrors(trajectory, method).row
     # with the method's full history at every cached step: steps 0..h-1 full, then any placement
     steps = tuple(range(method.history_size)) + (7, 11)
     assert placement_score(errors, steps, 14, method.history_size) == pytest.approx(0.0, abs=1e-5)
-    choice = calibrate(trajectory, 5)
+    choice = calibrate(trajectory, 5, BASE)
     assert choice.score == pytest.approx(0.0, abs=1e-5)
     assert choice.scores[exact] == pytest.approx(0.0, abs=1e-5)
     assert len(choice.full_steps) == 5
@@ -100,12 +102,12 @@ def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact):
 
 def test_errors_weigh_the_relative_crf_error_alike_or_by_sigma():
     trajectory = polynomial_trajectory(10, 1)
-    row = StepErrors(trajectory, Candidate("reuse", "reuse").build(), noise_weighted=True).row
+    row = StepErrors(trajectory, Candidate("reuse", "reuse").build(BASE), noise_weighted=True).row
     crfs, sigmas = trajectory.streams[0].crfs, trajectory.sigmas
     rel = [float((crfs[0] - crfs[j]).abs().mean() / crfs[j].abs().mean()) for j in (1, 2, 3)]
     assert row((0,), 4) == pytest.approx([0.13 * sigmas[j] * e for j, e in zip((1, 2, 3), rel)], rel=1e-5)
     assert row((0,), 1) == []
-    uniform = StepErrors(trajectory, Candidate("reuse", "reuse").build()).row  # the default: alike
+    uniform = StepErrors(trajectory, Candidate("reuse", "reuse").build(BASE)).row  # the default: alike
     assert uniform((0,), 4) == pytest.approx([0.13 * sigmas[0] * e for e in rel], rel=1e-5)
 
 
@@ -114,7 +116,7 @@ def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
     gen = torch.Generator().manual_seed(3)
     stream = trajectory.streams[0]
     stream.outputs = [torch.randn(1, 3, 4, 4, generator=gen) for _ in range(10)]
-    frdiff, reuse = (Candidate(m, m).build() for m in ("frdiff", "reuse"))
+    frdiff, reuse = (Candidate(m, m).build(BASE) for m in ("frdiff", "reuse"))
     f, r = StepErrors(trajectory, frdiff).row, StepErrors(trajectory, reuse).row
     out = float((stream.outputs[0] - stream.outputs[2]).abs().mean() / stream.outputs[2].abs().mean())
     w = frdiff.output_weight(2, 10)
@@ -142,15 +144,15 @@ def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
     trajectory = recorder.trajectory(6)
     assert trajectory.n_steps == 6 and trajectory.streams["cond"].outputs is not None
     # projection is linear: taylor order 1 stays (nearly: fp16) exact; reuse does not
-    taylor = StepErrors(trajectory, Candidate("t", "taylor", {"taylor_order": 1}).build()).row
-    reuse = StepErrors(trajectory, Candidate("r", "reuse").build()).row
+    taylor = StepErrors(trajectory, Candidate("t", "taylor", {"taylor_order": 1}).build(BASE)).row
+    reuse = StepErrors(trajectory, Candidate("r", "reuse").build(BASE)).row
     assert taylor((1, 0), 4)[-1] < 0.01 * reuse((1,), 4)[-1]
 
 
 def test_calibrate_keeps_the_budget_and_reports_every_candidate():
     trajectory = polynomial_trajectory(20, 3, seed=4)
     for budget in (3, 6, 10):
-        choice = calibrate(trajectory, budget)
+        choice = calibrate(trajectory, budget, BASE)
         assert len(choice.full_steps) == budget and choice.full_steps[0] == 0
         assert set(choice.scores) == {c.label for c in CANDIDATES}
         assert choice.score == min(choice.scores.values())
@@ -158,8 +160,8 @@ def test_calibrate_keeps_the_budget_and_reports_every_candidate():
 
 
 def test_choice_round_trips_and_refuses_bad_json():
-    choice = calibrate(polynomial_trajectory(12, 2), 4)
-    again = Choice.from_json(choice.to_json())
+    choice = calibrate(polynomial_trajectory(12, 2), 4, BASE)
+    again = Choice.from_json(choice.to_json(), BASE)
     assert again == choice and "predicted error" in again.text()
     bad = [None, [], {**choice.to_json(), "method": "feb"}, {**choice.to_json(), "full_steps": [1, 3]},
            {**choice.to_json(), "full_steps": [0, 12]}, {**choice.to_json(), "params": {"taylor_order": 9}},
@@ -167,7 +169,7 @@ def test_choice_round_trips_and_refuses_bad_json():
            {k: v for k, v in choice.to_json().items() if k != "n_steps"}]
     for data in bad:
         with pytest.raises(ValueError):
-            Choice.from_json(data)
+            Choice.from_json(data, BASE)
 
 
 @pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.label)
@@ -178,7 +180,7 @@ def test_predict_many_is_predict_at_each_sigma(candidate):
     history = CRFHistory(3)
     for step, sigma in enumerate([0.95, 0.8, 0.7]):
         history.push(sigma, step, torch.randn(2, 16, 8, generator=gen))
-    method = candidate.build()
+    method = candidate.build(BASE)
     many = method.predict_many(history, [0.6, 0.45, 0.3], LAYOUT)
     for forecast, sigma in zip(many, [0.6, 0.45, 0.3]):
         torch.testing.assert_close(forecast, method.predict(history, sigma, LAYOUT), rtol=1e-5, atol=1e-5)

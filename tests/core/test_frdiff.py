@@ -9,10 +9,8 @@ import torch
 from freqca_core import METHODS, CacheController, CRFHistory, TokenLayout, make_method
 from freqca_lab.autofr import DEFAULT_GATES, evenly_spaced, gated_sample, learn_gates, target_count
 from freqca_core.methods.frdiff import FRDiffMethod, GateSchedule, score_mix_weight
-from freqca_lab.runner import conditioning, generate, randomize
+from freqca_lab.runner import conditioning, generate
 from freqca_core.schedule import StepLocator
-from freqca_lab.testbed.data import PROMPTS, PromptTable
-from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig
 from freqca_lab.testbed.sampling import flux_sigmas, seeded_noise
 import runs
 
@@ -175,10 +173,7 @@ def test_default_gates_are_shipped():
 # ------------------------------------------------------------------------------------------- Auto-FR
 @pytest.fixture(scope="module")
 def tiny():
-    config = TinyFluxConfig(hidden_size=32, num_heads=2, axes_dim=[4, 6, 6], depth=1, depth_single_blocks=2,
-                            vec_in_dim=16, context_in_dim=16)
-    model = randomize(TinyFlux(config), seed=3).eval().requires_grad_(False)
-    return model, PromptTable.create(PROMPTS, 2, 16, 16, seed=0).requires_grad_(False)
+    return runs.tiny_testbed()
 
 
 def test_target_count():

@@ -9,9 +9,8 @@ from freqca_core.schedule import FixedSchedule
 from freqca_lab import bench
 from freqca_lab.perlayer import (DBCache, FeatureHistory, PerLayerTaylorSeer, StepCache, assemble, spread_steps,
                                  taylorseer_weights)
-from freqca_lab.runner import generate, randomize
-from freqca_lab.testbed.data import PROMPTS, PromptTable
-from freqca_lab.testbed.model import TinyFlux, TinyFluxConfig
+from freqca_lab.runner import generate
+import runs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 10
@@ -19,10 +18,7 @@ STEPS = 10
 
 @pytest.fixture(scope="module")
 def setup():
-    config = TinyFluxConfig(hidden_size=32, num_heads=2, axes_dim=[4, 6, 6], depth=2, depth_single_blocks=2,
-                            vec_in_dim=16, context_in_dim=16)
-    model = randomize(TinyFlux(config), seed=3).eval().requires_grad_(False)
-    return model, PromptTable.create(PROMPTS, 2, 16, 16, seed=0).requires_grad_(False)
+    return runs.tiny_testbed(depth=2)
 
 
 def run(setup, method, steps=STEPS):
