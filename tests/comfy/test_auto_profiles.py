@@ -21,7 +21,7 @@ def testbed(comfyui):
 
 def run_auto(testbed, caplog, conds, interval: int = 4, **run) -> tuple[torch.Tensor, str]:
     """One sampling run through FreqCa Accelerate with method auto: output and run summary."""
-    model = apply_node(testbed, method="auto", interval=interval, warmup_steps=2)
+    model = apply_node(testbed, method="auto", interval=interval, warmup_steps=2, final_full_steps=0)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="freqca"):
         out = sample(model, *conds, **{**RUN, "latent": pixel_latent(), **run})
