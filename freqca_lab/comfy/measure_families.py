@@ -68,14 +68,14 @@ def main() -> None:
     args = parser.parse_args()
     start_comfyui()
     import torch
-    from comfyui_freqca.nodes.freqca_node import DEFAULTS, FreqCaAccelerate
+    from comfyui_freqca.nodes.freqca_node import DEFAULTS
 
     if args.threads:
         torch.set_num_threads(args.threads)
     table = families()
     chosen = args.families or list(table)
     print(f"{args.steps} euler steps, node defaults ({DEFAULTS.method}, warm-up {DEFAULTS.warmup}, interval "
-          f"{DEFAULTS.interval}), median of {args.repeats} alternating repeats, torch threads "
+          f"{DEFAULTS.interval}, final full steps {DEFAULTS.final_full}), median of {args.repeats} alternating repeats, torch threads "
           f"{torch.get_num_threads()}")
     print("| family | tokens | blocks/call | block executions cached / uncached | full steps | ideal | "
           "uncached s | cached s | wall speedup | speedup / ideal | CPU-time speedup | rel. L1 |")
@@ -83,10 +83,7 @@ def main() -> None:
     for name in chosen:
         build, conditioning, shape = table[name]
         model, conds = build(), conditioning()
-        fast = FreqCaAccelerate.execute(
-            model, method=DEFAULTS.method, interval=DEFAULTS.interval, warmup_steps=DEFAULTS.warmup,
-            final_full_steps=DEFAULTS.final_full, cutoff=DEFAULTS.cutoff, hermite_scale=DEFAULTS.hermite_scale,
-            start_percent=DEFAULTS.start, end_percent=DEFAULTS.end, verbose=False).result[0]
+        fast = H.apply_node(model)  # the node at its defaults
         variants = {"uncached": model, "cached": fast}
         for variant in variants.values():  # warm-up: first loads, allocator
             H.sample(variant, *conds, steps=2, shape=shape)

@@ -41,12 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     start_comfyui()
     import torch
-    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
-
     torch.set_num_threads(1)
     table = families()
-    base = dict(method=args.method, warmup_steps=3, final_full_steps=0, cutoff=0.1, hermite_scale=0.71,
-                start_percent=0.0, end_percent=1.0, verbose=False)
+    base = dict(method=args.method, warmup_steps=3, final_full_steps=0)
     print(f"{args.steps} euler steps, method {args.method}; relative L1 vs uncached at each full-step count")
     for name in args.families or list(table):
         build, conditioning, shape = table[name]
@@ -54,7 +51,7 @@ def main() -> None:
         reference = H.sample(model, *conds, steps=args.steps, shape=shape)
 
         def point(**inputs) -> tuple[int, float]:
-            fast = FreqCaAccelerate.execute(model, **base, **inputs).result[0]
+            fast = H.apply_node(model, **base, **inputs)
             with H.count_block_calls(model) as calls:
                 out = H.sample(fast, *conds, steps=args.steps, shape=shape)
             return calls.total, H.rel_l1(out, reference)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 
 from freqca_lab.comfy.env import find_comfyui, load_pack
-from freqca_lab.comfy.harness import build_flux, count_block_calls, flux_conditioning, import_comfyui, sample
+from freqca_lab.comfy.harness import (apply_node, build_flux, count_block_calls, flux_conditioning, import_comfyui,
+                                     sample)
 
 
 def main() -> None:
@@ -35,8 +36,6 @@ def main() -> None:
     import_comfyui(path)
     load_pack()
     import torch
-    from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
-
     head_dim = args.hidden // args.heads
     axes = [head_dim - 2 * (head_dim * 3 // 8), head_dim * 3 // 8, head_dim * 3 // 8]
     model = build_flux(seed=0, hidden_size=args.hidden, num_heads=args.heads, depth=args.double,
@@ -51,9 +50,8 @@ def main() -> None:
     for steps in (28, 50):
         variants = {0: model}
         for interval in args.intervals:
-            variants[interval] = FreqCaAccelerate.execute(
-                model, method="freqca", interval=interval, warmup_steps=3, final_full_steps=0, cutoff=0.1,
-                hermite_scale=0.71, start_percent=0.0, end_percent=1.0, verbose=False).result[0]
+            variants[interval] = apply_node(model, method="freqca", interval=interval, warmup_steps=3,
+                                            final_full_steps=0)
         sample(model, *conds, steps=2, shape=shape)  # warm-up
         times = {k: [] for k in variants}
         calls = {}
