@@ -74,7 +74,6 @@ class CacheConfig:
         """The method alone, as ``new_controller`` builds it."""
         return REGISTRY[self.method].build(self, n_steps, transform)[0]
 
-
     def with_sigma_window(self, start_sigma: float, end_sigma: float,
                           sample_sigmas: Sequence[float] | None) -> "CacheConfig":
         """This config for a run over ``sample_sigmas`` (``n + 1`` values) with caching allowed only at steps

@@ -227,7 +227,6 @@ class RunState:
     def record(self, out: dict) -> None:
         self.controller.record(self.plan, self.image_rows(out["img"]), embedding=self.embedding)
 
-
     def report(self) -> dict:
         """The run's numbers for the front-end (``freqca.stats``): ``method``, ``schedule`` (fixed,
         adaptive, table or gates), ``interval``, ``steps``, ``full``, ``attention`` (steps that reused attention),

@@ -11,13 +11,14 @@ the chosen full steps (a ``GateSchedule``).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from ..cache import CRFHistory
 from ..calibration import Candidate, Choice, Trajectory, TrajectoryRecorder, calibrate
-from ..schedule import FixedSchedule, StepSchedule
+from ..schedule import StepSchedule
 from ..spectral import TokenLayout
 from .base import CacheMethod, MethodSpec
 from .frdiff import GateSchedule
@@ -98,8 +99,7 @@ class RecordingMethod(CacheMethod):
 
 def budget_of(config, n_steps: int) -> int:
     """The full steps the user pays for: as many as the config's fixed schedule computes in ``n_steps``."""
-    fixed = FixedSchedule(config.warmup, config.interval, config.final_full, config.start, config.end,
-                          config.fit_short_runs)
+    fixed = replace(config, schedule="fixed").step_schedule()
     if fixed.fit_short_runs:
         fixed = fixed.for_run(n_steps)
     return len(fixed.full_steps(n_steps))
