@@ -1,29 +1,38 @@
 """Calibration: choose a method and its full steps for a model from one recorded, uncached trajectory.
 
 **Recording** (``TrajectoryRecorder``): at every step of an uncached run, the CRF ``[b, L, D]`` of each
-stream is kept on the CPU in fp16 after a fixed random projection of ``D`` to ``PROJECTED_DIMS`` (64)
-dimensions (``[b, L, 64]``), with the model output ``[b, ...]`` of the call (for methods that mix outputs).
-Every method's forecast is linear in its history and its band split acts on the token axis, so forecasting
-the projected CRFs equals projecting the forecast; a Gaussian projection keeps the relative error's scale.
-Memory for FLUX.1-dev at 1024² (4096 image tokens, D = 3072, 16 x 128 x 128 latent) and 50 steps, one stream
-(no CFG): 4096 x 64 x 2 B = 0.5 MiB of CRF and 0.5 MiB of output per step, **50 MiB per run** (100 MiB with
-CFG's two streams), against 1.2 GiB per stream for the unprojected fp16 CRFs.
+stream and the embedding it started from (the image rows entering the first block) are kept on the CPU in
+fp16 after a fixed random projection of ``D`` to ``PROJECTED_DIMS`` (64) dimensions (``[b, L, 64]``), with
+the model output ``[b, ...]`` of the call (for methods that mix outputs). Every candidate's forecast is
+linear in its history, its band split acts on the token axis and its stored quantity is the CRF or the CRF
+minus the embedding, so forecasting the projected tensors equals projecting the forecast; a Gaussian
+projection keeps the relative error's scale. Memory for FLUX.1-dev at 1024² (4096 image tokens, D = 3072,
+16 x 128 x 128 latent) and 50 steps, one stream (no CFG): 4096 x 64 x 2 B = 0.5 MiB each of CRF, embedding
+and output per step, **75 MiB per run** (150 MiB with CFG's two streams), against 1.2 GiB per stream for the
+unprojected fp16 CRFs alone.
 
 **Scoring** (``calibrate``): open loop, for each ``Candidate`` (a registered method and its parameters) and
-a placement of the full steps, each cached step ``j`` is forecast by the method's own ``predict`` from the
-recorded CRFs of the full steps before it (the method's ``history_size`` newest), with ``e_j`` its relative L1
-error against the recorded CRF, times ``IMAGE_PER_CRF_ERROR * sigma_0`` (measured on the testbed: caching one
-step changes the image by about 0.13 x sigma x the relative CRF error). A method that mixes the last full
-output into a cached call's (FRDiff: ``output_weight``) is scored ``(1 - w) e_j + w o_j``, ``o_j`` the
-relative error of the last full output against the recorded one. Averaged over streams, a cached step's cost
-counts ``m - j`` times, ``m`` the next full step (``compounding``: its drift lasts until a full step corrects
-it), and every step alike. Measured on the testbed (``freqca_lab.measure_auto``), this ranks closed-loop
-results better than counting each step once or weighting it by its noise level (``noise_weighted``:
-``adaptive.noise_weight``, the adaptive schedule's weight), which make the search leave long cached stretches.
+a placement of the full steps, each cached step ``j`` is forecast by the method's own weights
+(``LinearMethod.band_weights``) from the recorded steps of the full steps before it (the method's
+``history_size`` newest), with ``e_j`` its relative L2 error against the recorded CRF (from Gram matrices:
+``StepErrors``), times ``IMAGE_PER_CRF_ERROR * sigma_0`` (measured on the testbed: caching one step changes
+the image by about 0.13 x sigma x the relative CRF error). A method that mixes the last full output into a
+cached call's (FRDiff: ``output_weight``) is scored ``(1 - w) e_j + w o_j``, ``o_j`` the relative error of
+the last full output against the recorded one. Averaged over streams, a cached step's cost counts ``m - j``
+times, ``m`` the next full step (``compounding``: its drift lasts until a full step corrects it), and every
+step alike. Measured on the testbed (``freqca_lab.measure_auto``), this ranks closed-loop results better than
+counting each step once or weighting it by its noise level (``noise_weighted``: ``adaptive.noise_weight``,
+the adaptive schedule's weight), which make the search leave long cached stretches.
 
-**Placements** (``best_placement``): dynamic programming over which steps are full for an exact number of
-full steps (step 0 always full), with the state the method's last ``history_size`` full steps (so the cost
-of every cached step is exact), gaps between full steps at most ``max_gap``.
+**Placements**: the ``final_full`` last steps of the config (the node: 1) and step 0 are full; the rest of the
+budget is spaced evenly (``placement="even"``, the default) or searched (``"searched"``, ``best_placement``:
+dynamic programming over which steps are full for an exact number of full steps, with the state the
+method's last ``history_size`` full steps, so the cost of every cached step is exact; gaps at most
+``max_gap``). Measured on the testbed (``freqca_lab.measure_auto``): the score ranks the *methods* on equal
+placements well (it picks the closed-loop best method at every budget), but the searched placements lose
+1-5 dB closed loop against even spacing at most budgets (the search leaves long cached stretches where the
+open-loop error underestimates the closed-loop drift), so the search is a measured alternative, not the
+default.
 """
 from __future__ import annotations
 
@@ -34,24 +43,27 @@ from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 import torch
 
 from .adaptive import noise_weight
-from .cache import CRFEntry, CRFHistory
+from .forecast import sigma_per_step
 from .spectral import TokenLayout
-from .validation import check_int
+from .validation import check_choice, check_int
 
 if TYPE_CHECKING:  # the registry imports this module (method auto)
-    from .methods.base import CacheMethod
+    from .methods.base import LinearMethod
 
 PROJECTED_DIMS = 64
 IMAGE_PER_CRF_ERROR = 0.13  # image change per unit of sigma x relative CRF error at one cached step (testbed)
 PROJECTION_SEED = 16
+UNUSABLE_ERROR = 1e6  # the relative error counted for a non-finite forecast (finite: the search adds and subtracts)
 
 
 @dataclass
 class StreamTrajectory:
-    """One stream's recorded run: per step, the projected CRF ``[b, L, k]`` (float32) and the output, if any."""
+    """One stream's recorded run: per step, the projected CRF ``[b, L, k]`` (float32), the projected embedding
+    of the image rows entering the first block ``[b, L, k]`` and the output, if recorded."""
 
     layout: TokenLayout
     crfs: list[torch.Tensor]
+    embeddings: list[torch.Tensor] | None
     outputs: list[torch.Tensor] | None
 
 
@@ -68,13 +80,14 @@ class Trajectory:
 
 
 class TrajectoryRecorder:
-    """Collects the CRFs (projected, fp16, CPU) and outputs of every step of an uncached run."""
+    """Collects the CRFs and embeddings (projected, fp16, CPU) and outputs of every step of an uncached run."""
 
     def __init__(self, dims: int = PROJECTED_DIMS, seed: int = PROJECTION_SEED) -> None:
         self.dims = check_int("dims", dims, 1)
         self.seed = seed
         self.sigmas: dict[int, float] = {}
         self.crfs: dict[Hashable, dict[int, torch.Tensor]] = {}
+        self.embeddings: dict[Hashable, dict[int, torch.Tensor]] = {}
         self.outputs: dict[Hashable, dict[int, torch.Tensor]] = {}
         self.layouts: dict[Hashable, TokenLayout] = {}
         self._projection: torch.Tensor | None = None
@@ -91,17 +104,21 @@ class TrajectoryRecorder:
         return crf.to("cpu", torch.float16)
 
     def add(self, step: int, sigma: float, stream: Hashable, layout: TokenLayout, crf: torch.Tensor,
-            output: torch.Tensor | None = None) -> None:
-        """Record the computed CRF ``[b, L, D]`` (and model output ``[b, ...]``) of ``stream`` at ``step``."""
+            embedding: torch.Tensor | None = None, output: torch.Tensor | None = None) -> None:
+        """Record the computed CRF ``[b, L, D]`` (and the embedding ``[b, L, D]`` it started from, and the model
+        output ``[b, ...]``) of ``stream`` at ``step``."""
         self.sigmas[step] = float(sigma)
         self.layouts[stream] = layout
         self.crfs.setdefault(stream, {})[step] = self.project(crf)
+        if embedding is not None and embedding.shape == crf.shape:
+            self.embeddings.setdefault(stream, {})[step] = self.project(embedding)
         if output is not None:
             self.outputs.setdefault(stream, {})[step] = output.detach().to("cpu", torch.float16)
 
     @property
     def nbytes(self) -> int:
-        tensors = [t for per in (*self.crfs.values(), *self.outputs.values()) for t in per.values()]
+        stores = (*self.crfs.values(), *self.embeddings.values(), *self.outputs.values())
+        tensors = [t for per in stores for t in per.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def trajectory(self, n_steps: int) -> Trajectory | None:
@@ -113,13 +130,19 @@ class TrajectoryRecorder:
         for key, crfs in self.crfs.items():
             if any(i not in crfs for i in steps):
                 return None
-            outs = self.outputs.get(key, {})
-            outputs = [outs[i].float() for i in steps] if all(i in outs for i in steps) else None
-            streams[key] = StreamTrajectory(self.layouts[key], [crfs[i].float() for i in steps], outputs)
+            streams[key] = StreamTrajectory(self.layouts[key], [crfs[i].float() for i in steps],
+                                            _every_step(self.embeddings.get(key, {}), steps),
+                                            _every_step(self.outputs.get(key, {}), steps))
         return Trajectory([self.sigmas[i] for i in steps], streams)
 
     def clear(self) -> None:
-        self.sigmas.clear(), self.crfs.clear(), self.outputs.clear(), self.layouts.clear()
+        for store in (self.sigmas, self.crfs, self.embeddings, self.outputs, self.layouts):
+            store.clear()
+
+
+def _every_step(recorded: dict[int, torch.Tensor], steps: range) -> list[torch.Tensor] | None:
+    """The recorded tensors of ``steps`` in float32, or None unless every step has one."""
+    return [recorded[i].float() for i in steps] if all(i in recorded for i in steps) else None
 
 
 @dataclass(frozen=True)
@@ -130,28 +153,31 @@ class Candidate:
     method: str
     params: dict = field(default_factory=dict)
 
-    def build(self, base, transform: str = "dct") -> CacheMethod:
+    def build(self, base, transform: str = "dct") -> LinearMethod:
         """The method as ``base`` (a ``CacheConfig``) with this candidate's method and params builds it (the
-        config is passed in: this module is imported by the registry the config imports)."""
-        return replace(base, method=self.method, choice=None, on_choice=None, **self.params).new_method(
+        config is passed in: this module is imported by the registry the config imports); TypeError unless
+        its forecast is linear in its history (``LinearMethod``), which scoring needs."""
+        method = replace(base, method=self.method, choice=None, on_choice=None, **self.params).new_method(
             transform=transform)
+        if not callable(getattr(method, "band_weights", None)):
+            raise TypeError(f"method {self.method!r} cannot be calibrated: its forecast is not linear in its history")
+        return method
 
 
-# Registered methods that need only the CRF history (and the last full output): FEB-Cache's attention reuse
-# and methods storing residuals need what a CRF recording does not hold.
+# The registered methods whose forecasts are linear in their history (FEB-Cache's attention reuse is not), in
+# the order of preference among near ties (``TIE``): the residual forecasts first, because they follow the
+# current input in the run, which an open-loop score cannot see (README "Benchmark": res-taylor leads closed
+# loop at every budget of the testbed).
 CANDIDATES = (
-    Candidate("reuse", "reuse"),
+    Candidate("res-taylor order 1", "res-taylor", {"taylor_order": 1}),
+    Candidate("res-taylor order 2", "res-taylor", {"taylor_order": 2}),
     Candidate("taylor order 1", "taylor", {"taylor_order": 1}),
     Candidate("taylor order 2", "taylor", {"taylor_order": 2}),
-    Candidate("freqca", "freqca"),
+    Candidate("reuse", "reuse"),
     Candidate("frdiff", "frdiff"),
+    Candidate("freqca", "freqca"),
 )
-
-
-def _relative_errors(forecast: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Relative L1 error per leading index: ``[J, ...]`` x ``[J, ...]`` -> ``[J]``."""
-    dims = tuple(range(1, truth.dim()))
-    return (forecast - truth).abs().mean(dims) / truth.abs().mean(dims).clamp_min(1e-12)
+TIE = 0.02  # predicted errors within 2% of the least count as a tie, won by the earlier candidate
 
 
 Row = Callable[[tuple[int, ...], int], Sequence[float]]
@@ -159,37 +185,77 @@ Row = Callable[[tuple[int, ...], int], Sequence[float]]
 steps ``history`` (newest first) as the forecast's history."""
 
 
-class StepErrors:
-    """``row(history, stop)`` (a ``Row``) for ``method`` on ``trajectory``: per cached step ``j``, the weighted
-    image error ``IMAGE_PER_CRF_ERROR * sigma_0 * noise_weight(sigma_j) * e_j`` averaged over the streams
-    (forecasts from the method's own ``predict_many``)."""
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """``[n, m]`` -> ``[n, n]`` inner products of the rows, float64."""
+    x = x.double()
+    return x @ x.T
 
-    def __init__(self, trajectory: Trajectory, method: CacheMethod, noise_weighted: bool = False) -> None:
-        self.trajectory, self.method, self.noise_weighted = trajectory, method, noise_weighted
+
+def _distances(gram: torch.Tensor) -> torch.Tensor:
+    """``[n, n]`` Gram matrix -> ``d[a, j] = |x_a - x_j| / |x_j|``."""
+    diag = gram.diagonal()
+    squared = (diag[:, None] - 2 * gram + diag[None, :]).clamp_min(0)
+    return squared.sqrt() / diag.clamp_min(1e-24).sqrt()[None, :]
+
+
+class StepErrors:
+    """``row(history, stop)`` (a ``Row``) for a ``LinearMethod`` on ``trajectory``: per cached step ``j``, the
+    image error ``IMAGE_PER_CRF_ERROR * sigma_0 * e_j`` (times ``noise_weight(sigma_j)`` if ``noise_weighted``)
+    averaged over the streams, ``e_j`` the relative L2 error of the method's forecast of the CRF.
+
+    The method forecasts its stored quantity ``S`` (``encode`` of the recorded CRF and embedding; its error is
+    the CRF's, see ``CacheMethod.decode``) as a linear form per band, and the band split is an orthogonal
+    projection, so the squared error is a quadratic form in the Gram matrices of ``low(S)`` and ``high(S)``
+    over the steps: the recording is read once here and a row costs ``O(J h^2)`` whatever the model's size.
+    A non-finite error counts as ``UNUSABLE_ERROR``; a method that encodes nothing (a residual without a
+    recorded embedding) is not ``usable``."""
+
+    def __init__(self, trajectory: Trajectory, method: LinearMethod, noise_weighted: bool = False) -> None:
+        self.trajectory, self.method = trajectory, method
+        n, sigmas = trajectory.n_steps, trajectory.sigmas
+        self.usable = True
+        grams, norms, outputs = [], [], []
+        for stream in trajectory.streams.values():
+            crfs = torch.stack(stream.crfs).flatten(0, 1)  # [n * b, L, k]
+            embeddings = torch.stack(stream.embeddings).flatten(0, 1) if stream.embeddings is not None else None
+            stored = method.encode(crfs, embeddings)
+            if stored is None:
+                self.usable = False
+                return
+            bands = [stored] if method.splitter is None else list(method.splitter.split(stored, stream.layout))
+            grams.append(torch.stack([_gram(band.reshape(n, -1)) for band in bands]))
+            norms.append(_gram(crfs.reshape(n, -1)).diagonal().clamp_min(1e-24))
+            if stream.outputs is not None:
+                outputs.append(_distances(_gram(torch.stack(stream.outputs).reshape(n, -1))))
+        self.grams, self.norms = torch.stack(grams), torch.stack(norms)  # [S, bands, n, n], [S, n]
         self.mix = getattr(method, "output_weight", None)  # FRDiff-like output mixing, if the method has it
-        self.stacked = {key: torch.stack(s.crfs) for key, s in trajectory.streams.items()}  # [n, b, L, k]
+        self.output_errors = torch.stack(outputs) if self.mix is not None and len(outputs) == len(grams) else None
+        self.weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * (
+            noise_weight(sigma, sigmas[0]) if noise_weighted else 1.0) for sigma in sigmas], dtype=torch.float64)
 
     def row(self, history: tuple[int, ...], stop: int) -> list[float]:
         sigmas, n = self.trajectory.sigmas, self.trajectory.n_steps
         steps = list(range(history[0] + 1, stop))
         if not steps:
             return []
-        total = torch.zeros(len(steps), dtype=torch.float64)
-        for key, stream in self.trajectory.streams.items():
-            past = CRFHistory(len(history))
-            past.entries = [CRFEntry(sigmas[k], k, stream.crfs[k]) for k in history]
-            forecast = self.method.predict_many(past, [sigmas[j] for j in steps], stream.layout)
-            e = _relative_errors(forecast.float(), self.stacked[key][steps[0]:stop]).double()
-            if self.mix is not None and stream.outputs is not None:
-                w = torch.tensor([self.mix(j, n) for j in steps], dtype=torch.float64)
-                if bool(w.any()):
-                    outputs = torch.stack([stream.outputs[j] for j in steps])
-                    o = _relative_errors(stream.outputs[history[0]].expand_as(outputs), outputs).double()
-                    e = (1 - w) * e + w * o
-            total += torch.nan_to_num(e, nan=float("inf"))
-        weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * (
-            noise_weight(sigmas[j], sigmas[0]) if self.noise_weighted else 1.0) for j in steps], dtype=torch.float64)
-        return (weights * total / len(self.trajectory.streams)).tolist()
+        if not self.usable:
+            raise ValueError(f"{self.method.name} cannot be scored on this recording (no embeddings)")
+        known = [sigmas[k] for k in history]
+        unit = sigma_per_step(known, history)
+        bands = self.grams.shape[1]
+        w = torch.tensor([self.method.band_weights(known, unit, sigmas[j])[2 - bands:] for j in steps],
+                         dtype=torch.float64)  # [J, bands, h]: one band unsplit (low == high), else (low, high)
+        past = list(history)
+        g = self.grams[:, :, past]  # [S, bands, h, n]
+        quadratic = torch.einsum("jbh,sbhk,jbk->sj", w, g[..., past], w)
+        cross = torch.einsum("jbh,sbhj->sj", w, g[..., steps])
+        truth = self.grams[:, :, steps, steps].sum(1)  # [S, J]
+        e = (quadratic - 2 * cross + truth).clamp_min(0).sqrt() / self.norms[:, steps].sqrt()
+        if self.output_errors is not None:
+            mix = torch.tensor([self.mix(j, n) for j in steps], dtype=torch.float64)
+            e = (1 - mix) * e + mix * self.output_errors[:, history[0], steps]
+        e = torch.nan_to_num(e, nan=UNUSABLE_ERROR).clamp_max(UNUSABLE_ERROR).mean(0)
+        return (self.weights[steps] * e).tolist()
 
 
 def placement_score(row: Row, full: Sequence[int], n_steps: int, history_size: int,
@@ -308,9 +374,9 @@ class Choice:
     def text(self) -> str:
         """One line for a run summary: what was chosen and its predicted error against the alternatives."""
         others = ", ".join(f"{label} {score:.3g}" for label, score in self.scores.items() if label != self.label)
+        even = "" if self.even == self.score else f"evenly spaced {self.even:.3g}; "
         return (f"{self.label} on {len(self.full_steps)}/{self.n_steps} full steps "
-                f"[{','.join(map(str, self.full_steps))}], predicted error {self.score:.3g} "
-                f"(evenly spaced {self.even:.3g}; {others})")
+                f"[{','.join(map(str, self.full_steps))}], predicted error {self.score:.3g} ({even}{others})")
 
 
 def default_max_gap(n_steps: int, budget: int) -> int:
@@ -320,38 +386,55 @@ def default_max_gap(n_steps: int, budget: int) -> int:
 
 @dataclass(frozen=True)
 class Scored:
-    """One candidate's best placement of the budget, its score and its score on evenly spaced full steps."""
+    """One candidate's placement of the budget and its score, and its score on the evenly spaced full steps."""
 
     candidate: Candidate
     full_steps: tuple[int, ...]
     score: float
     even: float
+    even_steps: tuple[int, ...]
+
+
+PLACEMENTS = ("even", "searched")
 
 
 def score_candidates(trajectory: Trajectory, budget: int, base, candidates: Sequence[Candidate] = CANDIDATES,
-                     max_gap: int | None = None, transform: str = "dct", noise_weighted: bool = False,
-                     compounding: bool = True) -> list[Scored]:
-    """Each candidate's best placement of exactly ``budget`` full steps (band splits by ``transform``; for
-    ``noise_weighted`` and ``compounding`` see the module docstring; ``base``: the ``CacheConfig`` the candidates'
-    settings replace)."""
+                     placement: str = "even", max_gap: int | None = None, transform: str = "dct",
+                     noise_weighted: bool = False, compounding: bool = True) -> list[Scored]:
+    """Each candidate's score on exactly ``budget`` full steps: the ``base`` config's ``final_full`` last steps
+    (as the node runs them; ``base`` is the ``CacheConfig`` the candidates' settings replace) and the rest
+    evenly spaced from step 0 (``placement="even"``) or placed by ``best_placement`` (``"searched"``; band splits
+    by ``transform``; ``noise_weighted`` and ``compounding``: see the module docstring)."""
+    check_choice("placement", placement, PLACEMENTS)
     n = trajectory.n_steps
     budget = min(check_int("full steps", budget, 1), n)
-    gap = max_gap if max_gap is not None else default_max_gap(n, budget)
+    final = min(base.final_full, budget - 1)  # step 0 is full too
+    searched, tail = n - final, tuple(range(n - final, n))  # placed: the steps before the final ones
+    gap = max_gap if max_gap is not None else default_max_gap(searched, budget - final)
+    even = even_placement(searched, budget - final) + tail
     scored = []
     for candidate in candidates:
         method = candidate.build(base, transform)
-        row = StepErrors(trajectory, method, noise_weighted).row
-        steps, score = best_placement(row, n, budget, method.history_size, gap, compounding)
-        even = placement_score(row, even_placement(n, budget), n, method.history_size, compounding)
-        scored.append(Scored(candidate, steps, score, even))
+        errors = StepErrors(trajectory, method, noise_weighted)
+        if not errors.usable:
+            scored.append(Scored(candidate, even, math.inf, math.inf, even))
+            continue
+        even_score = placement_score(errors.row, even, n, method.history_size, compounding)
+        if placement == "even":
+            scored.append(Scored(candidate, even, even_score, even_score, even))
+            continue
+        steps, score = best_placement(errors.row, searched, budget - final, method.history_size, gap, compounding)
+        scored.append(Scored(candidate, steps + tail, score, even_score, even))
     return scored
 
 
 def calibrate(trajectory: Trajectory, budget: int, base, candidates: Sequence[Candidate] = CANDIDATES,
-              max_gap: int | None = None, transform: str = "dct") -> Choice:
-    """The candidate and placement of exactly ``budget`` full steps with the least predicted error."""
-    scored = score_candidates(trajectory, budget, base, candidates, max_gap, transform)
-    best = min(scored, key=lambda s: s.score)
+              placement: str = "even", max_gap: int | None = None, transform: str = "dct") -> Choice:
+    """The candidate (and, ``placement="searched"``, the placement of exactly ``budget`` full steps) with the
+    least predicted error (the earliest of ``candidates`` within ``TIE`` of it)."""
+    scored = score_candidates(trajectory, budget, base, candidates, placement, max_gap, transform)
+    least = min(s.score for s in scored)
+    best = next(s for s in scored if s.score <= least * (1 + TIE))
     c = best.candidate
     return Choice(c.label, c.method, dict(c.params), best.full_steps, trajectory.n_steps, best.score,
                   {s.candidate.label: s.score for s in scored}, best.even)

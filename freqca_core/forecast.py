@@ -89,6 +89,14 @@ class HermiteForecaster(Forecaster):
         return weights
 
 
+def sigma_per_step(sigmas: Sequence[float], steps: Sequence[int]) -> float:
+    """The sampler's sigma per step between the two newest of full steps ``steps`` at ``sigmas`` (newest
+    first): the ``step_size`` of ``Forecaster.weights``; 0 with a single step."""
+    if len(sigmas) < 2:
+        return 0.0
+    return abs(sigmas[1] - sigmas[0]) / max(steps[0] - steps[1], 1)
+
+
 def _lagrange(nodes: Sequence[float], j: int, x: float) -> float:
     """The ``j``-th Lagrange basis polynomial of ``nodes`` at ``x``."""
     return math.prod((x - nodes[m]) / (nodes[j] - nodes[m]) for m in range(len(nodes)) if m != j)

@@ -26,13 +26,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from freqca_core import CacheConfig, CacheController
+from freqca_core.calibration import Candidate, calibrate as choose
+from freqca_core.methods.auto import AllFull, RecordingMethod, chosen
 from freqca_core.methods.feb import LEVELS as FEB_LEVELS
 
 from . import report
@@ -72,7 +74,7 @@ class Spec:
     steps: int = 50
     seeds: int = 4
     intervals: tuple[int, ...] = (3, 4, 6, 9)
-    methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "frdiff", "adaptive", "feb")
+    methods: tuple[str, ...] = ("freqca", "reuse", "taylor", "frdiff", "adaptive", "feb", "auto")
     adaptive_schedule: tuple[str, ...] = ("freqca", "reuse")  # methods also run on the adaptive schedule
     budgeted: tuple[str, ...] = ("taylorseer-o1", "taylorseer-o2", "dbcache-F1", "taylorseer-o1-w1",
                                  "taylorseer-o2-w1", "res-taylor-o1", "res-taylor-o1-spread",
@@ -163,7 +165,7 @@ def schedule_configs(spec: Spec) -> list[Config]:
     configs = [Config("none", {}, spec.steps, lambda: None)]
     for n in spec.intervals:
         for name in spec.methods:
-            if name in ("adaptive", "feb"):
+            if name in ("adaptive", "feb", "auto"):
                 continue
             cache = CacheConfig(method=name, warmup=WARMUP, interval=n)
             budget = len(cache.step_schedule().full_steps(spec.steps))
@@ -203,6 +205,39 @@ def feb_configs(spec: Spec) -> list[Config]:
         configs.append(Config("feb", params, counts["full"] + counts["attn"],
                               lambda c=cache: c.new_controller(spec.steps)))
     return configs
+
+
+def auto_configs(model, table, spec: Spec, budgets: list[int], progress: Progress,
+                 size: tuple[int, int]) -> list[Config]:
+    """Method ``auto`` at each budget, the last step full within it (as the node runs auto): one uncached run
+    on the calibration seeds and prompts is recorded (``RecordingMethod``, the node's first run) and the choice
+    for each budget made from it; the reported run uses the choice."""
+    seeds, prompts = [CALIB_SEED_BASE + i for i in range(spec.seeds)], calib_prompts(spec.seeds)
+    recorder = RecordingMethod(spec.steps, None, CacheConfig())
+    progress("recording the calibration run of auto on the calibration seeds")
+    recorded = generate(model, prompts, seeds, spec.steps, spec.cfg, CacheController(recorder, AllFull()),
+                        table=table, shift=spec.shift, size=size)
+    cache = CacheConfig(method="auto", final_full=1)
+    configs = []
+    for budget in budgets:
+        started = time.perf_counter()
+        choice = choose(recorder.trajectory, budget, cache)
+        choose_s = time.perf_counter() - started
+        progress(f"auto for {budget} full steps: {choice.text()} ({choose_s:.2f} s)")
+        params = {"final_full_steps": 1, "target_full_steps": budget, "chosen": choice.label,
+                  "chosen_full_steps": list(choice.full_steps), "predicted_error": choice.score,
+                  "predicted_even": choice.even, "scores": choice.scores, "choose_s": round(choose_s, 3),
+                  "recorded_run_s": round(recorded.wall_s, 3), "recording_bytes": recorder_bytes(recorder.trajectory)}
+        method = Candidate(choice.label, choice.method, choice.params)
+        configs.append(Config("auto", params, budget, lambda c=choice: CacheController(*chosen(c, cache)),
+                              lambda m=method: CacheController(m.build(cache), FixedSchedule(warmup=1, interval=1000))))
+    return configs
+
+
+def recorder_bytes(trajectory) -> int:
+    """Bytes of a calibration recording as stored (fp16)."""
+    return sum(t.numel() * 2 for s in trajectory.streams.values()
+               for t in s.crfs + (s.embeddings or []) + (s.outputs or []))
 
 
 def calibrate(model, table, spec: Spec, budgets: list[int], progress: Progress, size: tuple[int, int],
@@ -375,6 +410,8 @@ def run_testbed(spec: Spec, model, table, progress: Progress) -> tuple[dict, lis
     if "feb" in spec.methods:
         configs += feb_configs(spec)
     configs += budgeted_configs(spec, budgets, len(model.double_blocks) + len(model.single_blocks))
+    if "auto" in spec.methods:
+        configs += auto_configs(model, table, spec, budgets, progress, size)
     runs, images = run_configs(model, table, spec, configs, progress, size=size, seeds=seeds, prompts=prompts)
     names = list(getattr(table, "names", []))
     result = _header(spec, "testbed", size, seeds, [names[p] if p < len(names) else str(p) for p in prompts])

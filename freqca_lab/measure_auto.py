@@ -2,14 +2,16 @@
 [--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--threads 1] [--gap-slack K] [--noise-weighted] [--no-compounding]
 [--json PATH]``.
 
-One uncached run on the benchmark's calibration seeds and prompts is recorded (``RecordingMethod``); at each
-budget (the full-step count of the fixed schedule, warm-up 3, at each interval) every candidate is scored open
-loop on three placements: the searched one (``best_placement``), evenly spaced, and the fixed schedule's.
-Each (candidate, placement) is then run closed loop on the reported seeds and prompts and its PSNR measured
-against the uncached images. Printed per budget: the Spearman rank correlation of score and PSNR over
-those runs, ``auto``'s PSNR (the candidate and placement calibration chose), the best PSNR of all runs
-(brute force over these configurations), the fixed default (freqca, fixed schedule), searched against
-evenly spaced placements, and the calibration's time and recorded memory against the uncached run.
+One uncached run on the benchmark's calibration seeds and prompts is recorded (``RecordingMethod``, the node's
+first run); at each budget (the full-step count of the fixed schedule, warm-up 3, at each interval) every
+candidate is scored open loop on evenly spaced full steps and on the searched placement (``best_placement``),
+the last step full in both (as the node runs auto). Each (candidate, placement) is then run closed loop on the
+reported seeds and prompts and its PSNR measured against the uncached images. Printed per budget: the
+Spearman rank correlation of score and PSNR over those runs and over the even placements alone, ``auto``'s PSNR
+(the candidate calibration chose, evenly spaced), the best PSNR of all runs (brute force over these
+configurations), the node's fixed default (res-taylor order 1, warm-up 1, every N steps, last step full, the
+smallest N that fits the budget) and the paper's FreqCa (warm-up 3, every N), searched against evenly spaced
+placements, and the calibration's time and recorded memory against the uncached run.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ import time
 import torch
 
 from freqca_core import CacheConfig, CacheController, FixedSchedule
-from freqca_core.calibration import StepErrors, even_placement, placement_score, score_candidates
+from freqca_core.calibration import calibrate, score_candidates
 from freqca_core.methods.auto import AllFull, RecordingMethod
 from freqca_core.methods.frdiff import GateSchedule
 
-from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, calib_prompts, report_prompts
+from .bench import (CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, calib_prompts, recorder_bytes,
+                    report_prompts)
 from .metrics import fidelity
 from .runner import generate
 
@@ -51,6 +54,12 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / var if var else float("nan")
 
 
+def fixed_fitting(warmup: int, final: int, budget: int, n: int) -> FixedSchedule:
+    """The node's fixed schedule with the smallest interval whose full steps fit ``budget``."""
+    return next(FixedSchedule(warmup, k, final) for k in range(1, n + 1)
+                if len(FixedSchedule(warmup, k, final).full_steps(n)) <= budget)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=50)
@@ -72,6 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     def run(prompts, seeds, controller):
         return generate(model, prompts, seeds, n, CFG, controller, table=table, shift=SHIFT)
 
+    def psnr_of(images) -> float:
+        return sum(fidelity(images, reference)["psnr"]) / args.seeds
+
     calib = ([CALIB_SEED_BASE + i for i in range(args.seeds)], calib_prompts(args.seeds))
     report = ([REPORT_SEED_BASE + i for i in range(args.seeds)], report_prompts(args.seeds))
     recorder = RecordingMethod(n, None, CacheConfig())
@@ -85,53 +97,51 @@ def main(argv: list[str] | None = None) -> dict:
               "budgets": []}
     print(f"calibration run: {recorded.wall_s:.2f} s recorded vs {uncached_calib.wall_s:.2f} s uncached; "
           f"recording {result['recording_mb']} MB (fp16)")
+    base = CacheConfig(final_full=1)  # as the node runs auto: the last step full
     for interval in args.intervals:
-        fixed = FixedSchedule(WARMUP, interval)
-        budget = len(fixed.full_steps(n))
+        budget = len(FixedSchedule(WARMUP, interval).full_steps(n))
         started = time.perf_counter()
-        gap = None if args.gap_slack is None else math.ceil(n / budget) + args.gap_slack
-        scored = score_candidates(trajectory, budget, CacheConfig(), max_gap=gap,
-                                  noise_weighted=args.noise_weighted, compounding=not args.no_compounding)
+        choice = calibrate(trajectory, budget, base)
         choose_s = time.perf_counter() - started
+        gap = None if args.gap_slack is None else math.ceil(n / budget) + args.gap_slack
+        scored = score_candidates(trajectory, budget, base, placement="searched", max_gap=gap,
+                                  noise_weighted=args.noise_weighted, compounding=not args.no_compounding)
         rows = []
         for s in scored:
-            method = s.candidate.build(CacheConfig())
-            row = StepErrors(trajectory, method, args.noise_weighted).row
-            for kind, steps in (("searched", s.full_steps), ("even", even_placement(n, budget)),
-                                ("fixed", tuple(fixed.full_steps(n)))):
-                score = placement_score(row, steps, n, method.history_size, not args.no_compounding)
-                controller = CacheController(s.candidate.build(CacheConfig()), GateSchedule.from_steps(steps, n))
-                images = run(report[1], report[0], controller).images
-                psnr = sum(fidelity(images, reference)["psnr"]) / args.seeds
+            for kind, steps, score in (("even", s.even_steps, s.even), ("searched", s.full_steps, s.score)):
+                controller = CacheController(s.candidate.build(base), GateSchedule.from_steps(steps, n))
                 rows.append({"candidate": s.candidate.label, "placement": kind, "full_steps": list(steps),
-                             "score": score, "psnr": psnr})
-        chosen = min(scored, key=lambda x: x.score)
-        auto = next(r for r in rows if r["candidate"] == chosen.candidate.label and r["placement"] == "searched")
+                             "score": score, "psnr": psnr_of(run(report[1], report[0], controller).images)})
+        auto = next(r for r in rows if r["candidate"] == choice.label and r["placement"] == "even")
         best = max(rows, key=lambda r: r["psnr"])
-        default = next(r for r in rows if r["candidate"] == "freqca" and r["placement"] == "fixed")
+        node = fixed_fitting(1, 1, budget, n)
+        default = {"schedule": node.label, "psnr": psnr_of(run(report[1], report[0], CacheController(
+            CacheConfig(method="res-taylor", taylor_order=1).new_method(), node)).images)}
+        paper = {"schedule": FixedSchedule(WARMUP, interval).label, "psnr": psnr_of(run(report[1], report[0], (
+            CacheConfig(warmup=WARMUP, interval=interval).new_controller(n))).images)}
         rho = spearman([-r["score"] for r in rows], [r["psnr"] for r in rows])
+        evens = [r for r in rows if r["placement"] == "even"]
+        rho_even = spearman([-r["score"] for r in evens], [r["psnr"] for r in evens])
         searched = [r["psnr"] for r in rows if r["placement"] == "searched"]
-        even = [r["psnr"] for r in rows if r["placement"] == "even"]
-        entry = {"interval": interval, "budget": budget, "spearman": rho, "choose_s": round(choose_s, 2),
-                 "auto": auto, "best": best, "default": default, "rows": rows,
+        even = [r["psnr"] for r in evens]
+        entry = {"interval": interval, "budget": budget, "spearman": rho, "spearman_even": rho_even,
+                 "choose_s": round(choose_s, 3), "auto": auto, "best": best, "node_default": default,
+                 "paper_freqca": paper, "rows": rows,
                  "searched_minus_even_db": sum(a - b for a, b in zip(searched, even)) / len(searched)}
         result["budgets"].append(entry)
-        print(f"{budget} full steps (interval {interval}): spearman {rho:+.2f}; auto {auto['candidate']} "
-              f"{auto['psnr']:.2f} dB; best {best['candidate']}/{best['placement']} {best['psnr']:.2f} dB; "
-              f"fixed default freqca {default['psnr']:.2f} dB; searched - even {entry['searched_minus_even_db']:+.2f} "
-              f"dB (mean over candidates); choosing took {choose_s:.2f} s")
+        print(f"{budget} full steps (interval {interval}): spearman {rho:+.2f} (even placements {rho_even:+.2f}); "
+              f"auto {auto['candidate']} {auto['psnr']:.2f} dB; best {best['candidate']}/{best['placement']} "
+              f"{best['psnr']:.2f} dB; node default {default['psnr']:.2f} dB; paper's FreqCa {paper['psnr']:.2f} dB; "
+              f"searched - even {entry['searched_minus_even_db']:+.2f} dB (mean over candidates); "
+              f"choosing took {choose_s:.3f} s")
         for r in sorted(rows, key=lambda r: -r["psnr"]):
-            print(f"    {r['candidate']:15s} {r['placement']:8s} score {r['score']:.4f}  PSNR {r['psnr']:.2f}")
+            print(f"    {r['candidate']:20s} {r['placement']:8s} score {r['score']:.4f}  PSNR {r['psnr']:.2f}  "
+                  f"{r['full_steps']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     return result
 
-
-def recorder_bytes(trajectory) -> int:
-    """Bytes of the recording as stored (fp16)."""
-    return sum(t.numel() * 2 for s in trajectory.streams.values()
-               for t in s.crfs + (s.outputs or []))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 
 METHOD_ORDER = ("none", "freqca", "freqca-adaptive", "reuse", "reuse-adaptive", "taylor", "frdiff", "adaptive",
                 "feb", "taylorseer-o1", "taylorseer-o2", "dbcache-F1", "taylorseer-o1-w1", "taylorseer-o2-w1",
-                "res-taylor-o1", "res-taylor-o1-spread", "res-taylor-o2-w2")
+                "res-taylor-o1", "res-taylor-o1-spread", "res-taylor-o2-w2", "auto")
 METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "freqca-adaptive": "FreqCa, adaptive schedule",
                 "reuse": "reuse (FORA-like)", "reuse-adaptive": "reuse, adaptive schedule",
                 "taylor": "Taylor-2 (TaylorSeer-like)", "frdiff": "FRDiff (reuse + score mixing)",
@@ -20,13 +20,14 @@ METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "freqca-adaptive": "Freq
                 "taylorseer-o1-w1": "TaylorSeer per layer, order 1",
                 "taylorseer-o2-w1": "TaylorSeer per layer, order 2",
                 "res-taylor-o1": "res-taylor, order 1", "res-taylor-o1-spread": "res-taylor, order 1",
-                "res-taylor-o2-w2": "res-taylor, order 2"}
+                "res-taylor-o2-w2": "res-taylor, order 2", "auto": "auto (calibrated: method + full steps)"}
 COLOURS = {"none": (0, 0, 0), "freqca": (214, 39, 40), "freqca-adaptive": (148, 103, 189),
            "reuse": (31, 119, 180), "reuse-adaptive": (23, 190, 207), "taylor": (44, 160, 44),
            "frdiff": (140, 86, 75), "adaptive": (255, 127, 14), "feb": (227, 119, 194),
            "taylorseer-o1": (127, 127, 127), "taylorseer-o2": (60, 60, 60), "dbcache-F1": (188, 189, 34),
            "taylorseer-o1-w1": (170, 170, 170), "taylorseer-o2-w1": (100, 100, 100),
-           "res-taylor-o1": (0, 128, 0), "res-taylor-o1-spread": (0, 200, 0), "res-taylor-o2-w2": (0, 80, 160)}
+           "res-taylor-o1": (0, 128, 0), "res-taylor-o1-spread": (0, 200, 0), "res-taylor-o2-w2": (0, 80, 160),
+           "auto": (255, 0, 255)}
 TIMING_NOTE = "timing only (random weights), fidelity not meaningful"
 
 
@@ -60,7 +61,7 @@ def run_label(run: dict) -> str:
         return f"{run['method']} tol={p['tolerance']:.3g}"
     if run["method"] == "feb":
         return f"feb {p['level']}"
-    if p.get("schedule") in ("spread", "fixed"):
+    if p.get("schedule") in ("spread", "fixed") or run["method"] == "auto":
         return f"{run['method']} B={run['budget']}"
     return f"{run['method']} N={p['interval']}"
 
@@ -120,6 +121,8 @@ def markdown_table(result: dict) -> str:
             sched = f"threshold {p['threshold']:.3g} (budget {run['budget']})"
         elif run["method"] == "feb":
             sched = f"table {p['level']} `{p['table']}`, delta {p['delta']}"
+        elif run["method"] == "auto":
+            sched = f"chose {p['chosen']} (budget {run['budget']})"
         elif "tolerance" in p:
             sched = f"warm-up {p['warmup']}, tolerance {p['tolerance']:.3g} (budget {run['budget']})"
         elif p.get("schedule") == "spread":

@@ -40,8 +40,9 @@ class AllFull(StepSchedule):
 
 
 class RecordingMethod(CacheMethod):
-    """The calibration run's method: never forecasts; records every computed CRF ``[B, L, D]`` (projected,
-    see ``TrajectoryRecorder``) and output per stream, and calibrates at ``end_run``."""
+    """The calibration run's method: never forecasts; records every computed CRF ``[B, L, D]`` and the
+    embedding it started from (projected, see ``TrajectoryRecorder``) and output per stream, and calibrates at
+    ``end_run``."""
 
     name = "auto"
     history_size = 1
@@ -51,7 +52,7 @@ class RecordingMethod(CacheMethod):
         self.n_steps, self.budget, self.on_choice, self.transform = n_steps, budget, on_choice, transform
         self.base = base  # the CacheConfig the candidates' settings replace
         self.recorder = TrajectoryRecorder()
-        self.pending: torch.Tensor | None = None  # the CRF of the full call in flight
+        self.pending: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the full call in flight: CRF, embedding
         self.choice: Choice | None = None
         self.trajectory: Trajectory | None = None  # the last complete recording (kept for the lab scripts)
 
@@ -63,16 +64,19 @@ class RecordingMethod(CacheMethod):
         raise RuntimeError("auto's calibration run computes every step")
 
     def encode(self, crf: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
-        self.pending = crf
+        self.pending = crf, embedding
         return crf
 
     def finish_call(self, plan, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """Record the call's CRF (kept by ``encode``) and output per stream; the output is unchanged."""
-        crf, self.pending = self.pending, None
-        if plan.full and plan.step is not None and crf is not None:
+        """Record the call's CRF and embedding (kept by ``encode``) and output per stream; the output is
+        unchanged."""
+        pending, self.pending = self.pending, None
+        if plan.full and plan.step is not None and pending is not None:
+            crf, embedding = pending
             k = len(plan.streams)
-            for key, chunk, output in zip(plan.streams, crf.chunk(k, dim=0), out.chunk(k, dim=0)):
-                self.recorder.add(plan.step, plan.sigma, key, plan.layout, chunk, output)
+            embeddings = embedding.chunk(k, dim=0) if embedding is not None else [None] * k
+            for key, chunk, rows, output in zip(plan.streams, crf.chunk(k, dim=0), embeddings, out.chunk(k, dim=0)):
+                self.recorder.add(plan.step, plan.sigma, key, plan.layout, chunk, rows, output)
         return out
 
     def end_run(self) -> dict[str, int]:
@@ -105,14 +109,19 @@ def budget_of(config, n_steps: int) -> int:
     return len(fixed.full_steps(n_steps))
 
 
+def chosen(choice: Choice, config, transform: str = "dct") -> tuple[CacheMethod, GateSchedule]:
+    """The chosen method (its settings on ``config``) and its full steps."""
+    method = Candidate(choice.label, choice.method, choice.params).build(config, transform)
+    return method, GateSchedule.from_steps(choice.full_steps, choice.n_steps, {"calibrated": choice.label})
+
+
 def build(config, n_steps: int | None, transform: str):
     """The chosen method on its full steps; the calibration run when there is no choice for this step count
     and number of full steps."""
     budget = budget_of(config, n_steps) if n_steps else None
     choice = config.choice
     if choice is not None and choice.n_steps == n_steps and len(choice.full_steps) == budget:
-        method = Candidate(choice.label, choice.method, choice.params).build(config, transform)
-        return method, GateSchedule.from_steps(choice.full_steps, n_steps, {"calibrated": choice.label})
+        return chosen(choice, config, transform)
     return RecordingMethod(n_steps, budget, config, config.on_choice, transform), AllFull()
 
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from ..cache import CRFHistory
-from ..forecast import Forecaster
-from ..spectral import TokenLayout
+from ..forecast import Forecaster, sigma_per_step
+from ..spectral import BandSplitter, TokenLayout
 
 if TYPE_CHECKING:  # only for type hints: the config imports the registry
     from ..config import CacheConfig
@@ -39,16 +39,15 @@ class CacheMethod(ABC):
     def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
         """The stored quantity ``[b, L, D]`` at ``sigma`` from a non-empty ``history``."""
 
-    def predict_many(self, history: CRFHistory, sigmas: Sequence[float], layout: TokenLayout) -> torch.Tensor:
-        """``predict`` at each of ``sigmas``, stacked: ``[J, b, L, D]`` (calibration scores many steps at once)."""
-        return torch.stack([self.predict(history, sigma, layout) for sigma in sigmas])
-
     def encode(self, crf: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
         """What the history stores for a computed CRF ``[B, L, D]`` (None: nothing can be stored)."""
         return crf
 
     def decode(self, forecast: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor | None:
-        """The CRF ``[B, L, D]`` of a cached call from the forecast of the stored quantity (None: unusable)."""
+        """The CRF ``[B, L, D]`` of a cached call from the forecast of the stored quantity (None: unusable).
+
+        ``encode`` and ``decode`` translate by the same function of the embedding, so that
+        ``decode(x, e) - crf == x - encode(crf, e)``: calibration scores forecasts of the stored quantity."""
         return forecast
 
     def full_call_mode(self, step: int, n_steps: int | None) -> str | None:
@@ -74,7 +73,29 @@ class CacheMethod(ABC):
         return {}
 
 
-class ForecastMethod(CacheMethod):
+class LinearMethod(CacheMethod):
+    """A forecast linear in the history per frequency band: ``low(sum_i l_i S_i) + high(sum_i h_i S_i)`` over
+    the stored quantities ``S_i`` ``[b, L, D]`` (newest first), split by ``splitter`` (None: one band, l == h).
+    Calibration scores such methods from the weights alone (``calibration.StepErrors``)."""
+
+    splitter: BandSplitter | None = None
+
+    @abstractmethod
+    def band_weights(self, sigmas: Sequence[float], unit: float, sigma: float) -> tuple[list[float], list[float]]:
+        """``(l, h)``: the low- and high-band weights of the history at ``sigmas`` (newest first) to forecast
+        ``sigma``; ``unit`` is the sigma per sampler step between the two newest (``step_size``)."""
+
+    def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
+        low_w, high_w = self.band_weights(history.sigmas, step_size(history), sigma)
+        dtype = history.entries[0].crf.dtype  # accumulate in >= float32: bf16/fp16 sums of large weights drift
+        acc = torch.promote_types(dtype, torch.float32)
+        out = weighted_sum(history, high_w, acc)
+        if self.splitter is not None:  # low(L) + high(H) = H + low(L - H)
+            out = out + self.splitter.low(weighted_sum(history, [a - b for a, b in zip(low_w, high_w)], acc), layout)
+        return out.to(dtype)
+
+
+class ForecastMethod(LinearMethod):
     """The whole CRF from one forecaster (``reuse``: FORA-like; ``taylor``: TaylorSeer-like)."""
 
     def __init__(self, name: str, forecaster: Forecaster) -> None:
@@ -82,15 +103,9 @@ class ForecastMethod(CacheMethod):
         self.forecaster = forecaster
         self.history_size = forecaster.needs
 
-    def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
-        weights = self.forecaster.weights(history.sigmas, sigma, step_size(history))
-        dtype = history.entries[0].crf.dtype  # accumulate in >= float32: bf16/fp16 sums of large weights drift
-        return weighted_sum(history, weights, torch.promote_types(dtype, torch.float32)).to(dtype)
-
-    def predict_many(self, history: CRFHistory, sigmas: Sequence[float], layout: TokenLayout) -> torch.Tensor:
-        unit = step_size(history)
-        weights = [self.forecaster.weights(history.sigmas, sigma, unit) for sigma in sigmas]
-        return weighted_sums(history, weights)
+    def band_weights(self, sigmas: Sequence[float], unit: float, sigma: float) -> tuple[list[float], list[float]]:
+        weights = self.forecaster.weights(sigmas, sigma, unit)
+        return weights, weights
 
     def describe(self) -> dict:
         return {"forecaster": self.forecaster.name, "order": self.history_size - 1}
@@ -140,17 +155,7 @@ def weighted_sum(history: CRFHistory, weights: Sequence[float], dtype: torch.dty
     return out
 
 
-def weighted_sums(history: CRFHistory, weights: Sequence[Sequence[float]]) -> torch.Tensor:
-    """``[J, b, L, D]``: row ``j`` is ``sum_i weights[j][i] F_i`` over the history (in >= float32)."""
-    stacked = torch.stack([e.crf for e in history.entries])
-    dtype = torch.promote_types(stacked.dtype, torch.float32)
-    w = torch.tensor(weights, dtype=dtype, device=stacked.device)
-    return torch.einsum("jh,h...->j...", w, stacked.to(dtype))
-
-
 def step_size(history: CRFHistory) -> float:
     """Sigma per sampler step between the two newest full steps (0 with a single entry)."""
-    if len(history) < 2:
-        return 0.0
-    newest, older = history.entries[0], history.entries[1]
-    return abs(older.sigma - newest.sigma) / max(newest.step - older.step, 1)
+    entries = history.entries
+    return sigma_per_step([e.sigma for e in entries[:2]], [e.step for e in entries[:2]])

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
-from ..cache import CRFHistory
 from ..forecast import Forecaster, HermiteForecaster, ReuseForecaster
-from ..spectral import BandSplitter, TokenLayout
-from .base import CacheMethod, MethodSpec, step_size, weighted_sum, weighted_sums
+from ..spectral import BandSplitter
+from .base import LinearMethod, MethodSpec
 
 
-class FreqCaMethod(CacheMethod):
-    """FreqCa: ``low(reuse(F)) + high(forecast(F))``, computed with a single low-pass per call.
-
-    Both forecasts are linear combinations of the history, so with ``H = sum_j h_j F_j`` (high-band
-    forecaster) and ``R = sum_j r_j F_j`` (low-band forecaster): ``low(R) + H - low(H) = H + low(R - H)``.
-    """
+class FreqCaMethod(LinearMethod):
+    """FreqCa: ``low(reuse(F)) + high(forecast(F))``: the low band from ``low``'s forecast (reuse by default),
+    the high band from ``high``'s, computed with a single low-pass per call (``LinearMethod.predict``)."""
 
     name = "freqca"
 
@@ -27,25 +21,8 @@ class FreqCaMethod(CacheMethod):
         self.low = low or ReuseForecaster()
         self.history_size = max(self.high.needs, self.low.needs)
 
-    def predict(self, history: CRFHistory, sigma: float, layout: TokenLayout) -> torch.Tensor:
-        unit = step_size(history)
-        high_w = self.high.weights(history.sigmas, sigma, unit)
-        low_w = self.low.weights(history.sigmas, sigma, unit)
-        dtype = history.entries[0].crf.dtype
-        acc = torch.promote_types(dtype, torch.float32)
-        high = weighted_sum(history, high_w, acc)
-        correction = weighted_sum(history, [r - h for r, h in zip(low_w, high_w)], acc)
-        out = high + self.splitter.low(correction, layout)
-        return out.to(dtype)
-
-    def predict_many(self, history: CRFHistory, sigmas: Sequence[float], layout: TokenLayout) -> torch.Tensor:
-        unit = step_size(history)
-        high_w = [self.high.weights(history.sigmas, sigma, unit) for sigma in sigmas]
-        low_w = [self.low.weights(history.sigmas, sigma, unit) for sigma in sigmas]
-        high = weighted_sums(history, high_w)
-        correction = weighted_sums(history, [[r - h for r, h in zip(rs, hs)] for rs, hs in zip(low_w, high_w)])
-        low = self.splitter.low(correction.flatten(0, 1), layout).view_as(correction)
-        return high + low
+    def band_weights(self, sigmas: Sequence[float], unit: float, sigma: float) -> tuple[list[float], list[float]]:
+        return self.low.weights(sigmas, sigma, unit), self.high.weights(sigmas, sigma, unit)
 
     def describe(self) -> dict:
         return {"cutoff": self.splitter.cutoff, "transform": self.splitter.transform,

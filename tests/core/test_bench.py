@@ -134,7 +134,7 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
     assert data["resolution"] == [32, 32] and data["timing_only"] is False
     methods = [r["method"] for r in data["runs"]]
     assert methods == ["none", "freqca", "reuse", "taylor", "frdiff", "adaptive", "freqca-adaptive",
-                       "reuse-adaptive", "feb", "feb", "feb", *bench.BUDGETED]
+                       "reuse-adaptive", "feb", "feb", "feb", *bench.BUDGETED, "auto"]
     assert all(r["block_ratio"] <= r["budget_ratio"] for r in data["runs"] if r["method"] in bench.BUDGETED)
     for r in data["runs"]:
         assert all(key in r for key in CONTRACT), r
@@ -153,6 +153,10 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
     assert [r["params"]["level"] for r in feb] == ["quality", "balanced", "fast"]
     assert all(r["full_steps"] == r["budget"] == len(r["params"]["table"].replace("b", "")) for r in feb)
     assert all(r["timeline"] == r["params"]["table"].replace("b", "c") for r in feb)
+    auto = next(r for r in data["runs"] if r["method"] == "auto")  # calibrated on other seeds, then run
+    assert auto["full_steps"] == auto["budget"] == 4 and auto["timeline"].endswith("F")
+    assert auto["params"]["chosen"] in auto["params"]["scores"] and auto["psnr"] > 0
+    assert [i for i, c in enumerate(auto["timeline"]) if c == "F"] == auto["params"]["chosen_full_steps"]
     calibrated = [r for r in data["runs"] if r["method"].endswith("adaptive")]
     assert all(r["params"]["target_full_steps"] == 4 for r in calibrated)
     assert all(r["params"]["tolerance"] > 0 for r in calibrated if r["method"] != "adaptive")

@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from freqca_core import CacheConfig, TokenLayout
+from freqca_core import REGISTRY, CacheConfig, TokenLayout
 from freqca_core.calibration import (
     CANDIDATES, Candidate, Choice, StepErrors, StreamTrajectory, Trajectory, TrajectoryRecorder, best_placement,
-    calibrate, even_placement, placement_score)
+    calibrate, even_placement, placement_score, score_candidates, TIE)
 import runs
 
 BASE = CacheConfig()  # the config the candidates' settings replace
@@ -18,16 +18,38 @@ BASE = CacheConfig()  # the config the candidates' settings replace
 LAYOUT = TokenLayout.grid(4, 4)
 
 
-def polynomial_trajectory(n: int, degree: int, streams: int = 1, seed: int = 0) -> Trajectory:
-    """A recorded run whose CRFs ``[1, 16, 8]`` are a polynomial of ``degree`` in sigma (float32, exact)."""
+def polynomial_trajectory(n: int, degree: int, streams: int = 1, seed: int = 0,
+                          residual: bool = False) -> Trajectory:
+    """A recorded run whose CRFs ``[1, 16, 8]`` are a polynomial of ``degree`` in sigma (float32, exact); with
+    ``residual``, the CRF minus a random embedding is (the embeddings recorded too)."""
     gen = torch.Generator().manual_seed(seed)
     sigmas = runs.flux_sigmas(n)[:-1]
     per = {}
     for s in range(streams):
         coeffs = [torch.randn(1, 16, 8, generator=gen) for _ in range(degree + 1)]
         crfs = [sum(c * sigma ** p for p, c in enumerate(coeffs)) for sigma in sigmas]
-        per[s] = StreamTrajectory(LAYOUT, crfs, None)
+        embeddings = [torch.randn(1, 16, 8, generator=gen) for _ in sigmas]
+        if residual:
+            crfs = [c + e for c, e in zip(crfs, embeddings)]
+        per[s] = StreamTrajectory(LAYOUT, crfs, embeddings, None)
     return Trajectory(sigmas, per)
+
+
+def random_trajectory(n: int, streams: int = 2, seed: int = 0, outputs: bool = False) -> Trajectory:
+    """A recorded run of random CRFs and embeddings ``[2, 16, 8]`` (and outputs ``[2, 3, 4, 4]``)."""
+    gen = torch.Generator().manual_seed(seed)
+    sigmas = runs.flux_sigmas(n)[:-1]
+    drift = [torch.randn(2, 16, 8, generator=gen) for _ in range(streams)]
+    per = {s: StreamTrajectory(
+        LAYOUT, [drift[s] * (1 + sigma) + 0.3 * torch.randn(2, 16, 8, generator=gen) for sigma in sigmas],
+        [torch.randn(2, 16, 8, generator=gen) for _ in sigmas],
+        [torch.randn(2, 3, 4, 4, generator=gen) for _ in sigmas] if outputs else None) for s in range(streams)}
+    return Trajectory(sigmas, per)
+
+
+def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a - b| / |b|`` over the whole tensor (float64)."""
+    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def random_errors(seed: int):
@@ -81,30 +103,79 @@ def test_even_placement_has_the_budget():
         assert len(set(steps)) == b and steps[0] == 0 and max(steps) < n
 
 
-@pytest.mark.parametrize("degree,exact", [(0, "reuse"), (1, "taylor order 1"), (2, "taylor order 2")])
-def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact):
-    trajectory = polynomial_trajectory(14, degree, streams=2)
+@pytest.mark.parametrize("degree,exact,residual", [
+    (0, "reuse", False), (1, "taylor order 1", False), (2, "taylor order 2", False),
+    (1, "res-taylor order 1", True)])
+def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact, residual):
+    trajectory = polynomial_trajectory(14, degree, streams=2, residual=residual)
     candidate = next(c for c in CANDIDATES if c.label == exact)
     method = candidate.build(BASE)
     errors = StepErrors(trajectory, method).row
     # with the method's full history at every cached step: steps 0..h-1 full, then any placement
     steps = tuple(range(method.history_size)) + (7, 11)
     assert placement_score(errors, steps, 14, method.history_size) == pytest.approx(0.0, abs=1e-5)
-    choice = calibrate(trajectory, 5, BASE)
+    choice = calibrate(trajectory, 5, BASE, placement="searched")  # the search finds a zero-error placement
     assert choice.score == pytest.approx(0.0, abs=1e-5)
     assert choice.scores[exact] == pytest.approx(0.0, abs=1e-5)
     assert len(choice.full_steps) == 5
+    even = calibrate(trajectory, 5, BASE)  # evenly spaced: steps before a full history cost, least for the exact
+    assert even.full_steps == even_placement(14, 5) and even.scores[exact] == pytest.approx(even.score, rel=TIE)
     lower = [c.label for c in CANDIDATES if (c.method == "reuse" and degree > 0) or (
-        c.method == "taylor" and c.params["taylor_order"] < degree)]
-    for label in lower:  # a lower order is not exact
+        c.method == "taylor" and c.params["taylor_order"] < degree) or (residual and c.method == "taylor")]
+    for label in lower:  # a lower order, or the CRF's forecast when the residual is the polynomial, is not exact
         assert choice.scores[label] > 1e-3
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.label)
+def test_scores_are_the_forecast_errors_the_run_would_make(candidate):
+    """The Gram-matrix score of each cached step equals the relative L2 error of the CRF the controller
+    would serve (the method's ``predict`` on its encoded history, decoded with the step's embedding)."""
+    from freqca_core import CRFHistory
+
+    trajectory = random_trajectory(12, outputs=True)
+    method = candidate.build(BASE)
+    row = StepErrors(trajectory, method).row
+    sigmas = trajectory.sigmas
+    for history_steps, stop in [((0,), 4), ((3, 0), 7), ((6, 3, 0), 12), ((9, 5, 4), 12)]:
+        expected = []
+        for j in range(history_steps[0] + 1, stop):
+            errors = []
+            for stream in trajectory.streams.values():
+                history = CRFHistory(method.history_size)
+                for k in reversed(history_steps[:method.history_size]):
+                    history.push(sigmas[k], k, method.encode(stream.crfs[k], stream.embeddings[k]))
+                crf = method.decode(method.predict(history, sigmas[j], LAYOUT), stream.embeddings[j])
+                e = relative_l2(crf, stream.crfs[j])
+                weight = getattr(method, "output_weight", lambda *_: 0.0)(j, 12)
+                errors.append((1 - weight) * e + weight * relative_l2(stream.outputs[history_steps[0]],
+                                                                      stream.outputs[j]))
+            expected.append(0.13 * sigmas[0] * sum(errors) / len(errors))
+        assert row(history_steps, stop) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_decode_undoes_encode_as_a_translation(method):
+    """``decode(x, e) - crf == x - encode(crf, e)``: what calibration's scoring of stored quantities assumes."""
+    gen = torch.Generator().manual_seed(2)
+    crf, embedding, x = (torch.randn(2, 16, 8, generator=gen) for _ in range(3))
+    built = CacheConfig(method=method).new_method()
+    stored = built.encode(crf, embedding)
+    torch.testing.assert_close(built.decode(x, embedding) - crf, x - stored)
+
+
+def test_residual_candidates_need_the_embeddings():
+    trajectory = polynomial_trajectory(12, 1, residual=True)
+    for stream in trajectory.streams.values():
+        stream.embeddings = None
+    choice = calibrate(trajectory, 4, BASE)
+    assert choice.scores["res-taylor order 1"] == float("inf") and choice.method != "res-taylor"
 
 
 def test_errors_weigh_the_relative_crf_error_alike_or_by_sigma():
     trajectory = polynomial_trajectory(10, 1)
     row = StepErrors(trajectory, Candidate("reuse", "reuse").build(BASE), noise_weighted=True).row
     crfs, sigmas = trajectory.streams[0].crfs, trajectory.sigmas
-    rel = [float((crfs[0] - crfs[j]).abs().mean() / crfs[j].abs().mean()) for j in (1, 2, 3)]
+    rel = [relative_l2(crfs[0], crfs[j]) for j in (1, 2, 3)]
     assert row((0,), 4) == pytest.approx([0.13 * sigmas[j] * e for j, e in zip((1, 2, 3), rel)], rel=1e-5)
     assert row((0,), 1) == []
     uniform = StepErrors(trajectory, Candidate("reuse", "reuse").build(BASE)).row  # the default: alike
@@ -118,35 +189,39 @@ def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
     stream.outputs = [torch.randn(1, 3, 4, 4, generator=gen) for _ in range(10)]
     frdiff, reuse = (Candidate(m, m).build(BASE) for m in ("frdiff", "reuse"))
     f, r = StepErrors(trajectory, frdiff).row, StepErrors(trajectory, reuse).row
-    out = float((stream.outputs[0] - stream.outputs[2]).abs().mean() / stream.outputs[2].abs().mean())
+    out = relative_l2(stream.outputs[0], stream.outputs[2])
     w = frdiff.output_weight(2, 10)
     scale = 0.13 * trajectory.sigmas[0]  # every step alike (the default weighting)
     assert w == 1.0 and f((0,), 3)[-1] == pytest.approx(scale * out, rel=1e-5)
     assert frdiff.output_weight(9, 10) == 0.0 and f((8,), 10) == pytest.approx(r((8,), 10))
     mid = frdiff.output_weight(5, 10)
     assert 0 < mid < 1 and f((4,), 6) == pytest.approx(
-        [(1 - mid) * r((4,), 6)[0] + mid * scale * float(
-            (stream.outputs[4] - stream.outputs[5]).abs().mean() / stream.outputs[5].abs().mean())], rel=1e-5)
+        [(1 - mid) * r((4,), 6)[0] + mid * scale * relative_l2(stream.outputs[4], stream.outputs[5])], rel=1e-5)
 
 
 def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
     recorder = TrajectoryRecorder()
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(1, 16, 300, generator=gen), torch.randn(1, 16, 300, generator=gen)
+    embeddings = [torch.randn(1, 16, 300, generator=gen) for _ in range(6)]
     sigmas = runs.flux_sigmas(6)[:-1]
     for i, s in enumerate(sigmas[:-1]):
-        recorder.add(i, s, "cond", LAYOUT, a + s * b, output=torch.randn(1, 3, 4, 4, generator=gen))
+        recorder.add(i, s, "cond", LAYOUT, a + s * b + embeddings[i], embeddings[i],
+                     torch.randn(1, 3, 4, 4, generator=gen))
     assert recorder.trajectory(6) is None  # the last step is missing
-    recorder.add(5, sigmas[5], "cond", LAYOUT, a + sigmas[5] * b, output=torch.randn(1, 3, 4, 4, generator=gen))
+    recorder.add(5, sigmas[5], "cond", LAYOUT, a + sigmas[5] * b + embeddings[5], embeddings[5],
+                 torch.randn(1, 3, 4, 4, generator=gen))
     stored = recorder.crfs["cond"][0]
     assert stored.shape == (1, 16, 64) and stored.dtype == torch.float16 and stored.device.type == "cpu"
-    assert recorder.nbytes == 6 * (16 * 64 + 48) * 2
+    assert recorder.embeddings["cond"][0].shape == (1, 16, 64)
+    assert recorder.nbytes == 6 * (2 * 16 * 64 + 48) * 2
     trajectory = recorder.trajectory(6)
     assert trajectory.n_steps == 6 and trajectory.streams["cond"].outputs is not None
-    # projection is linear: taylor order 1 stays (nearly: fp16) exact; reuse does not
+    # the projection is linear: what the blocks add is linear in sigma, so res-taylor order 1 stays (nearly:
+    # fp16) exact while taylor order 1 on the CRF, whose embedding part is random, does not
+    res = StepErrors(trajectory, Candidate("r", "res-taylor", {"taylor_order": 1}).build(BASE)).row
     taylor = StepErrors(trajectory, Candidate("t", "taylor", {"taylor_order": 1}).build(BASE)).row
-    reuse = StepErrors(trajectory, Candidate("r", "reuse").build(BASE)).row
-    assert taylor((1, 0), 4)[-1] < 0.01 * reuse((1,), 4)[-1]
+    assert res((1, 0), 4)[-1] < 0.01 * taylor((1, 0), 4)[-1]
 
 
 def test_calibrate_keeps_the_budget_and_reports_every_candidate():
@@ -157,6 +232,37 @@ def test_calibrate_keeps_the_budget_and_reports_every_candidate():
         assert set(choice.scores) == {c.label for c in CANDIDATES}
         assert choice.score == min(choice.scores.values())
         assert choice.score <= choice.even + 1e-12  # the search is never worse than even spacing
+
+
+def test_the_configs_final_steps_are_full_within_the_budget():
+    trajectory = polynomial_trajectory(20, 3, seed=5)
+    for final in (1, 2):
+        base = CacheConfig(final_full=final)
+        for budget in (3, 5, 8):
+            scored = score_candidates(trajectory, budget, base)
+            for s in scored:
+                assert len(s.full_steps) == budget and s.full_steps[-final:] == tuple(range(20 - final, 20))
+            choice = calibrate(trajectory, budget, base)
+            assert len(choice.full_steps) == budget and choice.full_steps[-1] == 19
+    assert calibrate(trajectory, 1, CacheConfig(final_full=2)).full_steps == (0,)  # step 0 comes first
+
+
+def test_a_near_tie_goes_to_the_earlier_candidate():
+    """With embeddings linear in sigma, taylor order 1 and res-taylor order 1 forecast the same CRF (but from
+    a single full step): a near tie, won by whichever is listed first; a clearly smaller error wins from any
+    place in the list."""
+    trajectory = polynomial_trajectory(16, 2, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    a, b = torch.randn(1, 16, 8, generator=gen), torch.randn(1, 16, 8, generator=gen)
+    for stream in trajectory.streams.values():
+        stream.embeddings = [a + sigma * b for sigma in trajectory.sigmas]
+    res, taylor = (c for label in ("res-taylor order 1", "taylor order 1") for c in CANDIDATES if c.label == label)
+    scored = score_candidates(trajectory, 5, BASE, [res, taylor])
+    assert scored[0].score == pytest.approx(scored[1].score, rel=TIE / 2) and scored[0].score > 0
+    assert calibrate(trajectory, 5, BASE, [res, taylor]).label == res.label
+    assert calibrate(trajectory, 5, BASE, [taylor, res]).label == taylor.label
+    quadratic = next(c for c in CANDIDATES if c.label == "taylor order 2")  # exact here
+    assert calibrate(trajectory, 5, BASE, [res, taylor, quadratic]).label == quadratic.label
 
 
 def test_choice_round_trips_and_refuses_bad_json():
@@ -170,20 +276,6 @@ def test_choice_round_trips_and_refuses_bad_json():
     for data in bad:
         with pytest.raises(ValueError):
             Choice.from_json(data, BASE)
-
-
-@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.label)
-def test_predict_many_is_predict_at_each_sigma(candidate):
-    from freqca_core import CRFHistory
-
-    gen = torch.Generator().manual_seed(1)
-    history = CRFHistory(3)
-    for step, sigma in enumerate([0.95, 0.8, 0.7]):
-        history.push(sigma, step, torch.randn(2, 16, 8, generator=gen))
-    method = candidate.build(BASE)
-    many = method.predict_many(history, [0.6, 0.45, 0.3], LAYOUT)
-    for forecast, sigma in zip(many, [0.6, 0.45, 0.3]):
-        torch.testing.assert_close(forecast, method.predict(history, sigma, LAYOUT), rtol=1e-5, atol=1e-5)
 
 
 def test_spearman_of_measure_auto():
