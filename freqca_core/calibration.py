@@ -65,6 +65,14 @@ class StreamTrajectory:
     crfs: list[torch.Tensor]
     embeddings: list[torch.Tensor] | None
     outputs: list[torch.Tensor] | None
+    _stacks: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def stacked(self, name: str) -> torch.Tensor | None:
+        """``crfs``, ``embeddings`` or ``outputs`` as one ``[n, ...]`` tensor (stacked once: read-only after)."""
+        if name not in self._stacks:
+            values = getattr(self, name)
+            self._stacks[name] = None if values is None else torch.stack(values)
+        return self._stacks[name]
 
 
 @dataclass
@@ -185,17 +193,24 @@ Row = Callable[[tuple[int, ...], int], Sequence[float]]
 steps ``history`` (newest first) as the forecast's history."""
 
 
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    """``[n, m]`` -> ``[n, n]`` inner products of the rows, float64."""
-    x = x.double()
-    return x @ x.T
+def _centred_gram(x: torch.Tensor) -> torch.Tensor:
+    """``[n, m]`` -> ``[n + 1, n + 1]`` float64: the inner products of the rows ``x_i - mean`` and of the mean
+    (last row). A combination ``sum_i c_i x_i`` is ``sum_i c_i (x_i - mean) + (sum_i c_i) mean``, so its squared
+    norm is exact from this matrix, while the float32 products keep their precision on what varies."""
+    x = x.float()
+    mean = x.mean(0, keepdim=True)
+    rows = torch.cat([x - mean, mean])
+    return (rows @ rows.T).double()
 
 
 def _distances(gram: torch.Tensor) -> torch.Tensor:
-    """``[n, n]`` Gram matrix -> ``d[a, j] = |x_a - x_j| / |x_j|``."""
-    diag = gram.diagonal()
-    squared = (diag[:, None] - 2 * gram + diag[None, :]).clamp_min(0)
-    return squared.sqrt() / diag.clamp_min(1e-24).sqrt()[None, :]
+    """``_centred_gram`` of ``n`` rows -> ``d[a, j] = |x_a - x_j| / |x_j|`` ``[n, n]``."""
+    n = gram.shape[0] - 1
+    varying, mean = gram[:n, :n], gram[:n, n]
+    diag = varying.diagonal()
+    squared = (diag[:, None] - 2 * varying + diag[None, :]).clamp_min(0)
+    norms = diag + 2 * mean + gram[n, n]  # |x_j|^2 = |x_j - mean|^2 + 2 <x_j - mean, mean> + |mean|^2
+    return squared.sqrt() / norms.clamp_min(1e-24).sqrt()[None, :]
 
 
 class StepErrors:
@@ -206,32 +221,49 @@ class StepErrors:
     The method forecasts its stored quantity ``S`` (``encode`` of the recorded CRF and embedding; its error is
     the CRF's, see ``CacheMethod.decode``) as a linear form per band, and the band split is an orthogonal
     projection, so the squared error is a quadratic form in the Gram matrices of ``low(S)`` and ``high(S)``
-    over the steps: the recording is read once here and a row costs ``O(J h^2)`` whatever the model's size.
-    A non-finite error counts as ``UNUSABLE_ERROR``; a method that encodes nothing (a residual without a
+    over the steps (``_centred_gram``): the recording is read once here (once per way of encoding and
+    splitting with a shared ``grams`` dict) and a row costs ``O(J h^2)`` whatever the model's size. A
+    non-finite error counts as ``UNUSABLE_ERROR``; a method that encodes nothing (a residual without a
     recorded embedding) is not ``usable``."""
 
-    def __init__(self, trajectory: Trajectory, method: LinearMethod, noise_weighted: bool = False) -> None:
+    def __init__(self, trajectory: Trajectory, method: LinearMethod, noise_weighted: bool = False,
+                 grams: dict | None = None) -> None:
         self.trajectory, self.method = trajectory, method
         n, sigmas = trajectory.n_steps, trajectory.sigmas
-        self.usable = True
-        grams, norms, outputs = [], [], []
-        for stream in trajectory.streams.values():
-            crfs = torch.stack(stream.crfs).flatten(0, 1)  # [n * b, L, k]
-            embeddings = torch.stack(stream.embeddings).flatten(0, 1) if stream.embeddings is not None else None
-            stored = method.encode(crfs, embeddings)
-            if stored is None:
-                self.usable = False
-                return
-            bands = [stored] if method.splitter is None else list(method.splitter.split(stored, stream.layout))
-            grams.append(torch.stack([_gram(band.reshape(n, -1)) for band in bands]))
-            norms.append(_gram(crfs.reshape(n, -1)).diagonal().clamp_min(1e-24))
-            if stream.outputs is not None:
-                outputs.append(_distances(_gram(torch.stack(stream.outputs).reshape(n, -1))))
-        self.grams, self.norms = torch.stack(grams), torch.stack(norms)  # [S, bands, n, n], [S, n]
         self.mix = getattr(method, "output_weight", None)  # FRDiff-like output mixing, if the method has it
-        self.output_errors = torch.stack(outputs) if self.mix is not None and len(outputs) == len(grams) else None
+        grams = {} if grams is None else grams
+        split = method.splitter
+        key = (type(method).encode, None if split is None else (split.cutoff, split.transform))
+        if key not in grams:
+            grams[key] = self._grams(method)
+        self.grams = grams[key]  # [S, bands, n + 1, n + 1] or None
+        self.usable = self.grams is not None
+        if "norms" not in grams:
+            grams["norms"] = torch.stack([torch.linalg.vector_norm(s.stacked("crfs").reshape(n, -1), dim=1,
+                                                                   dtype=torch.float64) ** 2
+                                          for s in trajectory.streams.values()]).clamp_min(1e-24)  # [S, n]
+        self.norms = grams["norms"]
+        self.output_errors = None
+        if self.mix is not None and all(s.outputs is not None for s in trajectory.streams.values()):
+            if "outputs" not in grams:
+                grams["outputs"] = torch.stack([_distances(_centred_gram(s.stacked("outputs").reshape(n, -1)))
+                                                for s in trajectory.streams.values()])  # [S, n, n]
+            self.output_errors = grams["outputs"]
         self.weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * (
             noise_weight(sigma, sigmas[0]) if noise_weighted else 1.0) for sigma in sigmas], dtype=torch.float64)
+
+    def _grams(self, method: LinearMethod) -> torch.Tensor | None:
+        """Per stream and band, ``_centred_gram`` of the stored quantities; None if the method stores nothing."""
+        n, per_stream = self.trajectory.n_steps, []
+        for stream in self.trajectory.streams.values():
+            embeddings = stream.stacked("embeddings")
+            stored = method.encode(stream.stacked("crfs").flatten(0, 1),
+                                   None if embeddings is None else embeddings.flatten(0, 1))  # [n * b, L, k]
+            if stored is None:
+                return None
+            bands = [stored] if method.splitter is None else list(method.splitter.split(stored, stream.layout))
+            per_stream.append(torch.stack([_centred_gram(band.reshape(n, -1)) for band in bands]))
+        return torch.stack(per_stream)
 
     def row(self, history: tuple[int, ...], stop: int) -> list[float]:
         sigmas, n = self.trajectory.sigmas, self.trajectory.n_steps
@@ -245,12 +277,12 @@ class StepErrors:
         bands = self.grams.shape[1]
         w = torch.tensor([self.method.band_weights(known, unit, sigmas[j])[2 - bands:] for j in steps],
                          dtype=torch.float64)  # [J, bands, h]: one band unsplit (low == high), else (low, high)
-        past = list(history)
-        g = self.grams[:, :, past]  # [S, bands, h, n]
-        quadratic = torch.einsum("jbh,sbhk,jbk->sj", w, g[..., past], w)
-        cross = torch.einsum("jbh,sbhj->sj", w, g[..., steps])
-        truth = self.grams[:, :, steps, steps].sum(1)  # [S, J]
-        e = (quadratic - 2 * cross + truth).clamp_min(0).sqrt() / self.norms[:, steps].sqrt()
+        # coefficients over (history..., step j, mean): the forecast minus the truth
+        c = torch.cat([w, -torch.ones(*w.shape[:2], 1, dtype=w.dtype), w.sum(-1, keepdim=True) - 1], dim=-1)
+        index = torch.tensor([list(history) + [j, n] for j in steps])  # [J, h + 2]
+        g = self.grams[:, :, index[:, :, None], index[:, None, :]]  # [S, bands, J, h + 2, h + 2]
+        squared = torch.einsum("jbh,sbjhk,jbk->sj", c, g, c)
+        e = squared.clamp_min(0).sqrt() / self.norms[:, steps].sqrt()
         if self.output_errors is not None:
             mix = torch.tensor([self.mix(j, n) for j in steps], dtype=torch.float64)
             e = (1 - mix) * e + mix * self.output_errors[:, history[0], steps]
@@ -412,10 +444,10 @@ def score_candidates(trajectory: Trajectory, budget: int, base, candidates: Sequ
     searched, tail = n - final, tuple(range(n - final, n))  # placed: the steps before the final ones
     gap = max_gap if max_gap is not None else default_max_gap(searched, budget - final)
     even = even_placement(searched, budget - final) + tail
-    scored = []
+    scored, grams = [], {}
     for candidate in candidates:
         method = candidate.build(base, transform)
-        errors = StepErrors(trajectory, method, noise_weighted)
+        errors = StepErrors(trajectory, method, noise_weighted, grams)
         if not errors.usable:
             scored.append(Scored(candidate, even, math.inf, math.inf, even))
             continue

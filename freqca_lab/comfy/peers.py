@@ -17,7 +17,9 @@ every block at its forecast steps, so a count of block calls would overstate its
 
 The node's side is read from the node's schema at run time: every option of its ``method`` input (or
 ``--methods``), at each ``--intervals`` value with ``final_full_steps`` 0 and 1, Taylor orders 1 and 2,
-and every FEB level, the other inputs at the node's defaults. Rerun after the node changes.
+and every FEB level, the other inputs at the node's defaults. Rerun after the node changes. Method ``auto``
+first runs once on a calibration image (another seed and prompt; that run computes every step and stores the
+profile, in a temporary user directory) and is then measured with the profile, as a user's later runs are.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -56,6 +59,9 @@ CORE = "ComfyUI core"
 def image_set(k: int) -> list[tuple[int, int]]:
     """``k`` (seed, prompt) pairs; the prompts walk the table from another start than the benchmark's."""
     return [(SEED_BASE + i, (16 + 13 * i) % N_PROMPTS) for i in range(k)]
+
+
+CALIBRATION_IMAGE = (SEED_BASE + 500, 7)  # auto's first run: in no image set above
 
 
 # ------------------------------------------------------------------------------------------------ peers
@@ -314,8 +320,11 @@ class Testbed:
                          seed=seed)
         return to_unit(model.model.process_latent_in(out)), work  # the testbed's pixels, in [0, 1]
 
-    def measure(self, row: Row, patch) -> Row:
+    def measure(self, row: Row, patch, calibrate: bool = False) -> Row:
+        """Run ``patch``'s model on every image (after one run on ``CALIBRATION_IMAGE`` if ``calibrate``)."""
         try:
+            if calibrate:
+                self._run(patch, *CALIBRATION_IMAGE)
             for (seed, prompt), reference in zip(self.images, self.references):
                 out, work = self._run(patch, seed, prompt)
                 row.psnr_per_image.append(float(psnr(out, reference)))
@@ -443,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("ComfyUI not found: set COMFYUI_PATH")
     torch.set_num_threads(1)
     import_comfyui(comfyui)
+    import folder_paths
+    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="freqca-peers-"))  # auto's profiles: this run's only
     load_pack()
     import comfyui_version
     from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate
@@ -473,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
     if not wanted or "pack" in wanted:
         for settings in pack_settings(args.methods, args.intervals):
             row = Row("pack", PACK, "FreqCaAccelerate", settings)
-            rows.append(bench.measure(row, lambda m, s=settings: apply_node(m, **s)))
+            rows.append(bench.measure(row, lambda m, s=settings: apply_node(m, **s),
+                                      calibrate=settings["method"] == "auto"))
             print(f"{row.group} {row.label}: " + (row.error or f"budget {row.budget:.3f}, PSNR {row.psnr:.2f}"),
                   file=sys.stderr)
     header = {"comfyui": comfyui_version.__version__, "steps": args.steps, "cfg": CFG, "sampler": "euler",
