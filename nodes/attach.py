@@ -47,12 +47,13 @@ WRAPPER_KEY = "freqca"
 class FreqCaSettings:
     """What the user chose on the nodes: the cache (validated by ``CacheConfig``) and how it attaches.
     ``start_sigma`` / ``end_sigma``: caching only at steps whose sigma lies between them (ComfyUI's
-    ``percent_to_sigma`` of the node's start/end percent)."""
+    ``percent_to_sigma`` of the node's start/end percent). ``recalibrate``: method auto ignores stored profiles."""
 
     cache: CacheConfig = field(default_factory=CacheConfig)
     start_sigma: float = float("inf")
     end_sigma: float = 0.0
     verbose: bool = False
+    recalibrate: bool = False
     flow: bool = False  # a flow model (x_t = (1 - s) x0 + s noise, velocity output): FEB's exposure scaling
     node_id: str | None = None
     family: DitFamily | None = field(default=None, compare=False)
@@ -318,7 +319,7 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
             sigma_list = sigmas.detach().float().cpu().tolist()
             window = settings.cache.with_sigma_window(settings.start_sigma, settings.end_sigma, sigma_list)
             profile = RunProfile(profile_key(guider.model_patcher, sigma_list, noise.shape, window))
-            settings = replace(settings, cache=profile.config(settings.cache))
+            settings = replace(settings, cache=profile.config(settings.cache, stored=not settings.recalibrate))
         except Exception as exc:  # never fail a run over a profile: calibrate without storing
             log.warning("FreqCa auto: no profile for this run (%r)", exc)
     state = RunState(settings, sigmas)

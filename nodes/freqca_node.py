@@ -34,10 +34,12 @@ OPTIONS = io.Custom("FREQCA_OPTIONS")
 
 @dataclass(frozen=True)
 class AdvancedOptions:
-    """What the FreqCa Options node outputs: ``CacheConfig`` fields and whether to log every call."""
+    """What the FreqCa Options node outputs: ``CacheConfig`` fields, whether to log every call and whether
+    method auto calibrates again instead of using its stored profile."""
 
     cache: dict = field(default_factory=dict)
     verbose: bool = False
+    recalibrate: bool = False
 
 
 class FreqCaAccelerate(io.ComfyNode):
@@ -101,7 +103,8 @@ class FreqCaAccelerate(io.ComfyNode):
         sampling = model.get_model_object("model_sampling")
         settings = FreqCaSettings(cache, float(sampling.percent_to_sigma(start_percent)),
                                   float(sampling.percent_to_sigma(end_percent)), options.verbose,
-                                  node_id=cls.hidden.unique_id if cls.hidden else None)
+                                  node_id=cls.hidden.unique_id if cls.hidden else None,
+                                  recalibrate=options.recalibrate)
         return io.NodeOutput(apply_freqca(model, settings, family))
 
 
@@ -151,6 +154,10 @@ class FreqCaOptions(io.ComfyNode):
                                          "every attention layer."),
                 io.Boolean.Input("verbose", default=False,
                                  tooltip="Log the decision of every model call, not only the per-run summary."),
+                io.Boolean.Input("recalibrate", default=False,
+                                 tooltip="Method auto: ignore the stored profile of this model, steps, schedule "
+                                         "and size; each run computes every step and replaces the profile. "
+                                         "Turn it off again to use the new profile."),
             ],
             outputs=[OPTIONS.Output(tooltip="Plug into FreqCa Accelerate's `options` input.")],
         )
@@ -168,14 +175,14 @@ class FreqCaOptions(io.ComfyNode):
     @classmethod
     def execute(cls, schedule: str, tolerance: float, taylor_order: int, cutoff: float, hermite_scale: float,
                 feb_level: str, exposure_delta: float, gates_file: str, offload_cache: bool,
-                verbose: bool) -> io.NodeOutput:
+                verbose: bool, recalibrate: bool = False) -> io.NodeOutput:
         check_choice("schedule", schedule, SCHEDULES)
         check_choice("feb_level", feb_level, FEB_LEVELS)
         cache = {"schedule": schedule, "tolerance": tolerance, "taylor_order": taylor_order, "cutoff": cutoff,
                  "hermite_scale": hermite_scale, "feb_level": feb_level, "exposure_delta": exposure_delta,
                  "gates": load_gates(gates_file), "offload": offload_cache}
         CacheConfig(**cache)  # a bad value is reported here, on this node, with the input's name
-        return io.NodeOutput(AdvancedOptions(cache, verbose))
+        return io.NodeOutput(AdvancedOptions(cache, verbose, recalibrate))
 
 
 class FreqCaExtension(ComfyExtension):

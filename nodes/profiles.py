@@ -84,10 +84,14 @@ class RunProfile:
         self.notes.append(f"auto: profile of this model: {choice.text()}")
         return choice
 
-    def config(self, cache: CacheConfig) -> CacheConfig:
-        """``cache`` with the stored choice (None: this run calibrates) and ``store`` as its receiver."""
-        choice = self.load(cache)
-        if choice is None:
+    def config(self, cache: CacheConfig, stored: bool = True) -> CacheConfig:
+        """``cache`` with the stored choice (None, or not ``stored``: this run calibrates) and ``store`` as its
+        receiver."""
+        choice = self.load(cache) if stored else None
+        if not stored:
+            self.notes.append("auto: recalibrate is on: this run computes every step (calibration) and replaces "
+                              "the profile; turn recalibrate off to use it")
+        elif choice is None:
             self.notes.append("auto: no profile for this model, steps, schedule and size: this run computes "
                               "every step (calibration) and chooses for the next runs")
         return replace(cache, choice=choice, on_choice=self.store)

@@ -215,10 +215,12 @@ def run_peer_node(cls: type, model, settings: dict):
     return getattr(cls(), cls.FUNCTION)(model=model, **kwargs)[0]
 
 
-def pack_settings(methods: Iterable[str] | None, intervals: Iterable[int]) -> list[dict]:
+def pack_settings(methods: Iterable[str] | None, intervals: Iterable[int], finals: Iterable[int] = (0, 1),
+                  warmups: Iterable[int | None] = (None,)) -> list[dict]:
     """The pack's sweep, from its nodes' schemas (FreqCa Accelerate and FreqCa Options) and its method registry:
-    every method x interval x final_full_steps 0/1, Taylor orders 1 and 2 for the methods that read
-    ``taylor_order``, every FEB level (FEB's table replaces the interval schedule); warm-up at the node's default."""
+    every method x interval x ``finals`` (final_full_steps) x ``warmups`` (None: the node's default), Taylor
+    orders 1 and 2 for the methods that read ``taylor_order``, every FEB level (FEB's table replaces the interval
+    schedule)."""
     from comfyui_freqca.freqca_core.methods import REGISTRY
     from comfyui_freqca.nodes.freqca_node import FreqCaAccelerate, FreqCaOptions
 
@@ -231,8 +233,9 @@ def pack_settings(methods: Iterable[str] | None, intervals: Iterable[int]) -> li
             out += [{"method": "feb", "feb_level": level} for level in inputs["feb_level"]["options"]]
             continue
         variants = orders if "taylor_order" in REGISTRY[method].options else [{}]
-        for variant, interval, final in itertools.product(variants, intervals, (0, 1)):
-            out.append({"method": method, **variant, "interval": interval, "final_full_steps": final})
+        for variant, interval, final, warmup in itertools.product(variants, intervals, finals, warmups):
+            warm = {} if warmup is None else {"warmup_steps": warmup}
+            out.append({"method": method, **variant, "interval": interval, **warm, "final_full_steps": final})
     return out
 
 
@@ -429,6 +432,30 @@ def row_json(row: Row) -> dict:
                 psnr_per_image=[_finite(v) for v in row.psnr_per_image])
 
 
+def row_from_json(data: dict) -> Row:
+    """``row_json``'s inverse (null PSNRs back to infinity)."""
+    fields = {f.name for f in dataclasses.fields(Row)}
+    row = Row(**{k: v for k, v in data.items() if k in fields})
+    row.psnr = math.inf if row.psnr is None and row.error is None else row.psnr
+    row.psnr_per_image = [math.inf if v is None else v for v in row.psnr_per_image]
+    return row
+
+
+def merged(path: Path, rows: list[Row], peers: list[dict], header: dict) -> tuple[list[Row], list[dict]]:
+    """An earlier run's rows and peers (``--json`` of the same steps and images) with this run's: a setting
+    measured now replaces its earlier row; the earlier header is kept in ``header["merged"]``."""
+    earlier = json.loads(path.read_text())
+    if (earlier["header"]["steps"], earlier["header"]["images"]) != (header["steps"], [list(i) for i in header["images"]]):
+        raise SystemExit(f"--merge {path}: another step count or image set than this run's")
+    key = lambda r: (r.source, r.node, json.dumps(r.settings, sort_keys=True))  # noqa: E731
+    now = {key(r) for r in rows}
+    kept = [r for r in map(row_from_json, earlier["rows"]) if key(r) not in now]
+    nodes = {p["node"] for p in peers}
+    header.setdefault("merged", []).append({"file": str(path), **{k: v for k, v in earlier["header"].items()
+                                                                 if k != "merged"}})
+    return kept + rows, [p for p in earlier["peers"] if p["node"] not in nodes] + peers
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -440,10 +467,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=3, help="(seed, prompt) pairs")
     parser.add_argument("--methods", nargs="+", help="this node's methods (default: every option of its input)")
     parser.add_argument("--intervals", type=int, nargs="+", default=list(DEFAULT_INTERVALS))
+    parser.add_argument("--finals", type=int, nargs="+", default=[0, 1], help="final_full_steps values swept")
+    parser.add_argument("--warmups", type=int, nargs="+", help="warmup_steps values swept (default: the node's)")
     parser.add_argument("--only", nargs="+", help="run only these peer nodes (e.g. TeaCache EasyCache); "
                                                   "'pack' for this node")
     parser.add_argument("--all", action="store_true", help="also print every setting's row")
     parser.add_argument("--json", type=Path, help="write rows, summary, peers and commits here")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[],
+                        help="earlier --json files of the same steps and images, oldest first: their rows join "
+                             "this run's (a setting measured now, or in a newer file, replaces its earlier row; "
+                             "--only none merges without measuring)")
     args = parser.parse_args(argv)
     if args.steps < 2 or args.images < 1:
         parser.error("--steps must be >= 2 and --images >= 1")
@@ -482,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{spec.node} {row.label}: "
                   + (row.error or f"budget {row.budget:.3f}, PSNR {row.psnr:.2f}"), file=sys.stderr)
     if not wanted or "pack" in wanted:
-        for settings in pack_settings(args.methods, args.intervals):
+        for settings in pack_settings(args.methods, args.intervals, args.finals, args.warmups or [None]):
             row = Row("pack", PACK, "FreqCaAccelerate", settings)
             rows.append(bench.measure(row, lambda m, s=settings: apply_node(m, **s),
                                       calibrate=settings["method"] == "auto"))
@@ -492,6 +525,8 @@ def main(argv: list[str] | None = None) -> None:
               "scheduler": "simple", "images": images, "pack_commit": git_commit(Path(__file__).resolve().parent),
               "node_methods": node_inputs(FreqCaAccelerate)["method"]["options"],
               "torch_threads": torch.get_num_threads(), "seconds": round(time.time() - started, 1)}
+    for path in reversed(args.merge):  # the newest file first: each older one fills in what is not measured yet
+        rows, peers = merged(path, rows, peers, header)
     print(markdown(rows, peers, header, every_row=args.all))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

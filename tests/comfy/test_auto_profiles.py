@@ -19,9 +19,10 @@ def testbed(comfyui):
     return build_testbed_flux()
 
 
-def run_auto(testbed, caplog, conds, interval: int = 4, **run) -> tuple[torch.Tensor, str]:
+def run_auto(testbed, caplog, conds, interval: int = 4, recalibrate: bool = False, **run) -> tuple[torch.Tensor, str]:
     """One sampling run through FreqCa Accelerate with method auto: output and run summary."""
-    model = apply_node(testbed, method="auto", interval=interval, warmup_steps=2, final_full_steps=0)
+    model = apply_node(testbed, method="auto", interval=interval, warmup_steps=2, final_full_steps=0,
+                       recalibrate=recalibrate)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="freqca"):
         out = sample(model, *conds, **{**RUN, "latent": pixel_latent(), **run})
@@ -49,6 +50,19 @@ def test_first_run_calibrates_uncached_then_the_profile_is_used(pack, testbed, f
     assert not torch.equal(second, reference)
     third, _ = run_auto(testbed, caplog, conds)
     assert torch.equal(third, second) and len(profiles(freqca_dirs)) == 1
+
+
+def test_recalibrate_ignores_and_replaces_the_stored_profile(pack, testbed, freqca_dirs, caplog):
+    conds = prompt_conditioning(3)
+    reference = sample(testbed, *conds, **RUN, latent=pixel_latent())
+    run_auto(testbed, caplog, conds)
+    [stored] = profiles(freqca_dirs)
+    stored.write_text("{}")  # unusable if it were read: recalibrate does not read it, and replaces it
+    again, summary = run_auto(testbed, caplog, conds, recalibrate=True)
+    assert "recalibrate is on" in summary and "auto: calibrated:" in summary and "20/20 steps full" in summary
+    assert "unusable" not in summary and torch.equal(again, reference) and profiles(freqca_dirs) == [stored]
+    _, summary = run_auto(testbed, caplog, conds)
+    assert "auto: profile of this model:" in summary
 
 
 @pytest.mark.parametrize("change", ["steps", "size", "model", "interval"])
