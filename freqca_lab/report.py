@@ -17,9 +17,9 @@ METHOD_NAMES = {"none": "uncached", "freqca": "FreqCa", "freqca-adaptive": "Freq
                 "adaptive": "adaptive output (TeaCache/EasyCache-like)", "feb": "FEB-Cache",
                 "taylorseer-o1": "TaylorSeer per layer, order 1", "taylorseer-o2": "TaylorSeer per layer, order 2",
                 "dbcache-F1": "DBCache F1B0 + TaylorSeer-1 (cache-dit-like)",
-                "taylorseer-o1-w1": "TaylorSeer per layer, order 1",
-                "taylorseer-o2-w1": "TaylorSeer per layer, order 2",
-                "res-taylor-o1": "res-taylor, order 1", "res-taylor-o1-spread": "res-taylor, order 1",
+                "taylorseer-o1-w1": "TaylorSeer per layer, order 1, warm-up 1",
+                "taylorseer-o2-w1": "TaylorSeer per layer, order 2, warm-up 1",
+                "res-taylor-o1": "res-taylor, order 1", "res-taylor-o1-spread": "res-taylor, order 1, spread",
                 "res-taylor-o2-w2": "res-taylor, order 2", "auto": "auto (calibrated: method + full steps)"}
 COLOURS = {"none": (0, 0, 0), "freqca": (214, 39, 40), "freqca-adaptive": (148, 103, 189),
            "reuse": (31, 119, 180), "reuse-adaptive": (23, 190, 207), "taylor": (44, 160, 44),
@@ -282,19 +282,36 @@ def _marker(draw, method: str, cx: float, cy: float, colour, r: int = 5) -> None
                      outline="black")
 
 
+def _legend_rows(methods: Sequence[str], right: int, left: int = 90) -> list[list[tuple[str, int]]]:
+    """The legend's entries ``(method, x)`` in rows that end before ``right``."""
+    from PIL import Image, ImageDraw
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    rows: list[list[tuple[str, int]]] = [[]]
+    x = left
+    for m in methods:
+        size = 40 + int(measure.textlength(METHOD_NAMES[m], font=_font(13)))
+        if rows[-1] and x + size > right:
+            rows.append([])
+            x = left
+        rows[-1].append((m, x))
+        x += size
+    return rows
+
+
 def write_pareto(result: dict, path: str | Path) -> Path:
     """PSNR vs speedup, wall clock (left) and FLOPs (right); one colour and marker per method."""
     from PIL import Image, ImageDraw
     runs = [r for r in result["runs"] if r["method"] != "none" and r.get("psnr") is not None
             and math.isfinite(r["psnr"])]
-    width, height = 1200, 560
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in runs)]
+    width, legend = 1200, _legend_rows(methods, 1200 - 90)
+    height = 500 + 24 * len(legend)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     font = _font(15)
     title = (f"{result['model']}: {result['steps']} steps, {result['seeds']} seeds - PSNR vs the uncached run "
              "(higher is better) against speedup (further right is faster)")
     draw.text((20, 8), title, fill="black", font=font)
-    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in runs)]
     if runs:
         for i, (key, label) in enumerate((("speedup", "wall-clock speedup (x)"),
                                           ("flops_speedup", "FLOPs speedup (x)"))):
@@ -305,11 +322,11 @@ def write_pareto(result: dict, path: str | Path) -> Path:
             _panel(draw, (x0, 90, x0 + 450, 440), series, label, "PSNR (dB)", label.split(" (")[0])
     else:
         draw.text((40, 200), "no cached runs with finite PSNR", fill="black", font=font)
-    lx = 90
-    for m in methods:  # legend
-        _marker(draw, m, lx, 515, COLOURS[m])
-        draw.text((lx + 12, 507), METHOD_NAMES[m], fill="black", font=_font(13))
-        lx += 40 + int(draw.textlength(METHOD_NAMES[m], font=_font(13)))
+    for row, entries in enumerate(legend):
+        y = 500 + 24 * row
+        for m, lx in entries:
+            _marker(draw, m, lx, y + 8, COLOURS[m])
+            draw.text((lx + 12, y), METHOD_NAMES[m], fill="black", font=_font(13))
     path = Path(path)
     canvas.save(path)
     return path
