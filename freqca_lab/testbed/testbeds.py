@@ -5,6 +5,7 @@ the shipped weights never does).
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +15,7 @@ import torch
 from torch import Tensor
 
 from .data import PromptTable
-from .model import TinyFlux, TinyFluxConfig, load_model
-
-TESTBED_DIR = Path(__file__).resolve().parent
+from .model import WEIGHTS_DIR, TinyFlux, TinyFluxConfig, load_model
 
 
 class TrainingData(Protocol):
@@ -31,13 +30,19 @@ class TrainingData(Protocol):
 
 @dataclass(frozen=True)
 class Testbed:
-    """One trained testbed: ``size`` (H, W) pixels, ``config`` of its TinyFlux, ``tokens`` text tokens."""
+    """One trained testbed: ``size`` (H, W) pixels, ``config`` of its TinyFlux, ``tokens`` text tokens,
+    ``n_prompts`` prompts (null prompt not counted). The benchmark's reported and calibration prompts are
+    the walks ``(start + stride * i) % n_prompts`` of ``report_walk`` and ``calib_walk`` (disjoint for the
+    benchmark's few seeds)."""
 
     name: str
     weights_dir: Path
     size: tuple[int, int]
     config: TinyFluxConfig
     tokens: int
+    n_prompts: int
+    report_walk: tuple[int, int]
+    calib_walk: tuple[int, int]
     grid_prompts: tuple[str, ...]
     data_module: str  # module of this package holding the data class (imported only when training)
     data_class: str
@@ -49,6 +54,21 @@ class Testbed:
         module = importlib.import_module(f"{__package__}.{self.data_module}")
         return getattr(module, self.data_class)()
 
+    def report_prompts(self, k: int) -> list[int]:
+        """Prompt ids of the reported (held-out) runs."""
+        start, stride = self.report_walk
+        return [(start + stride * i) % self.n_prompts for i in range(k)]
+
+    def calib_prompts(self, k: int) -> list[int]:
+        """Prompt ids for calibration: a different walk from ``report_prompts``."""
+        start, stride = self.calib_walk
+        return [(start + stride * i) % self.n_prompts for i in range(k)]
+
+    @property
+    def feb_table(self) -> Path:
+        """FEB-Cache tables derived for this model by ``febprobe`` (shipped for ``shapes`` only)."""
+        return self.weights_dir / "feb_table.json"
+
     def load(self, device: str | torch.device = "cpu") -> tuple[TinyFlux, PromptTable]:
         """The shipped trained model (fp32, eval mode) and its prompt table."""
         model = load_model(self.weights_dir / "tinyflux.safetensors", device)
@@ -57,7 +77,8 @@ class Testbed:
 
 TESTBEDS = {
     "shapes": Testbed(
-        name="shapes", weights_dir=TESTBED_DIR / "weights", size=(32, 32), config=TinyFluxConfig(), tokens=4,
+        name="shapes", weights_dir=WEIGHTS_DIR, size=(32, 32), config=TinyFluxConfig(), tokens=4,
+        n_prompts=36, report_walk=(2, 13), calib_walk=(9, 13),  # stride 13 walks over all colours and shapes
         grid_prompts=("red circle", "green square", "blue triangle", "yellow ring", "magenta cross",
                       "cyan stripes", "blue circle", "red cross"),
         data_module="data", data_class="ShapeData", summary="procedural images",
@@ -68,10 +89,10 @@ TESTBEDS = {
             "wave or blob texture; RGB in [-1, 1]. `freqca_lab.testbed.data.render(prompt, seed, size)`.",
         )),
     "photos": Testbed(
-        name="photos", weights_dir=TESTBED_DIR / "weights_photos", size=(24, 40),
+        name="photos", weights_dir=WEIGHTS_DIR.parent / "weights_photos", size=(24, 40),
         config=TinyFluxConfig(hidden_size=128, num_heads=4, depth=1, depth_single_blocks=5,
                               axes_dim=[8, 12, 12], mlp_ratio=3.0),
-        tokens=6,
+        tokens=6, n_prompts=16, report_walk=(2, 5), calib_walk=(9, 5),
         grid_prompts=("astronaut wide", "cat wide", "cat close", "coffee wide", "rocket wide", "galaxies close",
                       "retina wide", "tissue close", "cameraman wide"),
         data_module="photos", data_class="PhotoData", summary="crops of eight public-domain photographs",
@@ -94,3 +115,15 @@ def get_testbed(name: str = "shapes") -> Testbed:
     if name not in TESTBEDS:
         raise ValueError(f"testbed must be one of {sorted(TESTBEDS)}, got {name!r}")
     return TESTBEDS[name]
+
+
+def load_testbed(device: str | torch.device = "cpu", name: str = "shapes") -> tuple[TinyFlux, PromptTable]:
+    """The shipped trained model of testbed ``name`` (fp32, eval mode) and its prompt table."""
+    return get_testbed(name).load(device)
+
+
+def add_testbed_argument(parser: argparse.ArgumentParser) -> None:
+    """``--testbed shapes|photos`` (default shapes) for the scripts that run a testbed."""
+    parser.add_argument("--testbed", choices=sorted(TESTBEDS), default="shapes",
+                        help="which trained testbed: shapes (32x32 procedural shapes, default) or photos "
+                             "(24x40 crops of photographs)")

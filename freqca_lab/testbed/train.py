@@ -3,8 +3,9 @@
 Deterministic on CPU (fixed seeds, one process, fixed thread count): every batch, timestep and noise
 tensor is a function of (seed, iteration). Rectified flow: x_t = (1-t) x0 + t noise, the model predicts
 noise - x0, t ~ logit-normal(0, 1). ``--testbed`` picks the data, image size and architecture
-(``testbeds.TESTBEDS``); ``--out`` defaults to that testbed's weights folder. Writes tinyflux.safetensors (fp16, EMA weights), prompts.safetensors,
-samples.png and MODEL_CARD.md into --out. ``--minutes`` is only a safety cap: hitting it stops early
+(``testbeds.TESTBEDS``); ``--out`` defaults to that testbed's weights folder. Writes tinyflux.safetensors
+(fp16, EMA weights), prompts.safetensors, heldout.safetensors (32 held-out images, so that tests need no
+data-set dependency), samples.png and MODEL_CARD.md into --out. ``--minutes`` is only a safety cap: hitting it stops early
 (the card says so) and the result then depends on machine speed.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .data import PromptTable
@@ -73,12 +75,24 @@ def lr_at(it: int, iters: int, base: float, warmup: int = 100) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def heldout_batch(data: TrainingData, size: tuple[int, int], n: int) -> tuple[Tensor, Tensor]:
+    """Held-out images: prompt ids [n] (cycling over the prompts) and x0 [n, 3, H, W] from seeds 0..n-1."""
+    ids = torch.arange(n) % len(data.prompts)
+    return ids, data.render_batch(ids, range(n), size)
+
+
+def save_heldout(data: TrainingData, size: tuple[int, int], path: Path, n: int = 32) -> None:
+    """``heldout_batch`` as ``heldout.safetensors`` (ids int64, x0 fp16), so that tests can check the shipped
+    model without the data set's dependencies."""
+    ids, x0 = heldout_batch(data, size, n)
+    save_file({"ids": ids, "x0": x0.half().contiguous()}, str(path))
+
+
 @torch.no_grad()
 def evaluate(model: TinyFlux, table: PromptTable, data: TrainingData, size: tuple[int, int],
              n: int = 192) -> dict[str, float]:
     """Held-out flow loss over t in (0, 1), and x0-prediction MSE at t=0.5 vs a zero predictor."""
-    ids = torch.arange(n) % len(data.prompts)
-    x0 = data.render_batch(ids, range(n), size)
+    ids, x0 = heldout_batch(data, size, n)
     noise = seeded_noise(range(10_000, 10_000 + n), size)
     t = (torch.arange(n) + 0.5) / n
     loss = flow_loss(model, table, x0, ids, t, noise).item()
@@ -164,6 +178,10 @@ def write_card(path: Path, model: TinyFlux, bed: Testbed, stats: dict) -> None:
         f"- Held-out flow loss (EMA weights after the fp16 round trip): {stats['eval_flow_loss']:.4f}; "
         f"x0-prediction MSE at t = 0.5: {stats['x0_mse_t05']:.4f} (zero predictor: {stats['zero_mse']:.4f}).",
         "",
+        "## Files",
+        "`tinyflux.safetensors` (weights, config in its metadata), `prompts.safetensors` (prompt table), "
+        "`heldout.safetensors` (32 held-out images: prompt ids and x0, fp16, seeds 0-31), `samples.png`.",
+        "",
         "## Samples",
         f"`samples.png`: per prompt, training images (left) and samples from held-out noise seeds (right), "
         f"{GRID_STEPS} Euler steps, shift {GRID_SHIFT}, CFG {GRID_CFG}.",
@@ -218,6 +236,7 @@ def train(args: argparse.Namespace) -> None:
     weights = out / "tinyflux.safetensors"
     save_model(ema_model, weights)
     ema_table.save(out / "prompts.safetensors")
+    save_heldout(data, bed.size, out / "heldout.safetensors")
     model, table = load_model(weights), PromptTable.load(out / "prompts.safetensors")
     stats = {"iters": args.iters, "iters_done": it, "stopped_early": it < args.iters, "batch": args.batch,
              "lr": args.lr, "seed": args.seed, "threads": args.threads, "wall_s": wall,
