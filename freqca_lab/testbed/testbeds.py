@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -46,8 +46,8 @@ class Testbed:
     grid_prompts: tuple[str, ...]
     data_module: str  # module of this package holding the data class (imported only when training)
     data_class: str
-    summary: str = ""  # what it is trained on, for the MODEL_CARD's first sentence
-    data_lines: tuple[str, ...] = field(default=())  # MODEL_CARD "Data" bullet points
+    summary: str  # what it is trained on, for the MODEL_CARD's first sentence
+    data_lines: tuple[str, ...]  # MODEL_CARD "Data" bullet points
 
     def training_data(self) -> TrainingData:
         """A fresh instance of the data set (may import dev-only packages)."""

@@ -173,7 +173,9 @@ def write_card(path: Path, model: TinyFlux, bed: Testbed, stats: dict) -> None:
         f"(100 warm-up iterations, cosine to 5%), batch {stats['batch']}, grad clip 1, EMA 0.995 (shipped).",
         f"- Iterations: {stats['iters_done']} of {stats['iters']}"
         + (" (STOPPED EARLY by the --minutes cap)" if stats["stopped_early"] else "") + f"; seed {stats['seed']}.",
-        f"- Wall time: {stats['wall_s'] / 60:.1f} min on {stats['threads']} CPU threads (torch {torch.__version__}).",
+        f"- Wall time: {stats['wall_s'] / 60:.1f} min on {stats['threads']} CPU thread"
+        f"{'s' if stats['threads'] != 1 else ''} (torch {torch.__version__}); results can differ in the last bits "
+        "with another thread count.",
         f"- Final training loss (mean of the last 100 iterations): {stats['final_loss']:.4f}.",
         f"- Held-out flow loss (EMA weights after the fp16 round trip): {stats['eval_flow_loss']:.4f}; "
         f"x0-prediction MSE at t = 0.5: {stats['x0_mse_t05']:.4f} (zero predictor: {stats['zero_mse']:.4f}).",
