@@ -87,8 +87,9 @@ def test_the_photos_testbed_in_comfyui(pack, comfyui):
     skipped = sample(bypass_blocks(photos), *conds, **run)
     print(f"photos: PSNR cached {psnr(fast, reference):.1f} dB, blocks skipped {psnr(skipped, reference):.1f} dB")
     assert reference.shape[-2:] == (24, 40) and calls.total == expected_full_steps(28, 3, 3) * 6
-    assert psnr(skipped, reference) < PHOTOS_SKIPPED_DB
-    assert psnr(fast, reference) > PHOTOS_CACHED_DB
+    assert psnr(skipped, reference) < 16  # measured: 12.7 dB
+    assert psnr(fast, reference) > 28  # measured: 33.0 dB
+    assert rel_l1(fast, reference) < 0.15 * rel_l1(skipped, reference)
 
 
 def test_cfg_with_cond_and_uncond(pack, flux, conds):
