@@ -1,7 +1,11 @@
 """Benchmark: ``python -m freqca_lab.bench [--quick] [--steps N] [--seeds K] [--json PATH] [--out DIR]
-[--model testbed|flux-timing] [--repeats R] [--threads T]``.
+[--model testbed|flux-timing] [--testbed shapes|photos] [--repeats R] [--threads T]``.
 
-``--model testbed`` (default): the shipped trained TinyFlux, held-out noise seeds and prompts, CFG 3.
+``--model testbed`` (default): a shipped trained TinyFlux, held-out noise seeds and prompts, CFG 3;
+``--testbed`` picks which (``shapes``: 32x32 procedural shapes, the default; ``photos``: 24x40 photo crops,
+a different architecture; see ``testbed/testbeds.py``). Image size and prompts follow the testbed. FEB-Cache
+rows need tables derived for the model (``febprobe``), shipped for ``shapes`` only; elsewhere they are
+skipped and the JSON's ``skipped`` says so.
 Runs ``none`` (uncached), FreqCa, reuse (FORA-like) and Taylor-2 (TaylorSeer-like) at warm-up 3 and
 intervals N (the same schedules, so the same full steps), and the output-space adaptive baseline with its
 threshold calibrated on *other* seeds and prompts to each of those full-step budgets. Fidelity (PSNR,
@@ -43,27 +47,27 @@ from .feb_tables import load_tables, pick_table
 from .metrics import fidelity
 from .perlayer import DBCache, PerLayerTaylorSeer, spread_schedule
 from .runner import Generation, Sampling, flops_per_sample, generate, median_call_seconds, randomize, run_cost
+from .testbed.testbeds import TESTBEDS, add_testbed_argument, get_testbed
 from freqca_core.schedule import FixedSchedule, StepSchedule
 
 WARMUP = 3
 ADAPTIVE_MAX_GAP = 12  # the adaptive schedule's largest interval in the benchmark
-FEB_TABLES = Path(__file__).resolve().parent / "testbed" / "weights" / "feb_table.json"
 FEB_DELTA = 0.965  # FEB-Cache's exposure scale (the node's default)
 CFG = 3.0
 SHIFT = 2.0
 REPORT_SEED_BASE = 100     # reported noise seeds: 100, 101, ...
 CALIB_SEED_BASE = 7000     # calibration noise seeds: disjoint from the reported ones
-N_PROMPTS = 36
+N_PROMPTS = TESTBEDS["shapes"].n_prompts
 
 
-def report_prompts(k: int) -> list[int]:
-    """Held-out prompt ids for the reported seeds (stride 13 walks over all colours and shapes)."""
-    return [(2 + 13 * i) % N_PROMPTS for i in range(k)]
+def report_prompts(k: int, testbed: str = "shapes") -> list[int]:
+    """Held-out prompt ids for the reported seeds (``Testbed.report_prompts``)."""
+    return get_testbed(testbed).report_prompts(k)
 
 
-def calib_prompts(k: int) -> list[int]:
+def calib_prompts(k: int, testbed: str = "shapes") -> list[int]:
     """Calibration prompt ids: a different walk, so no (prompt, seed) pair is shared with the report."""
-    return [(9 + 13 * i) % N_PROMPTS for i in range(k)]
+    return get_testbed(testbed).calib_prompts(k)
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Spec:
     """What to run; the defaults are the full testbed benchmark."""
 
     model: str = "testbed"
+    testbed: str = "shapes"  # which trained testbed (``testbeds.TESTBEDS``) when model == "testbed"
     steps: int = 50
     seeds: int = 4
     intervals: tuple[int, ...] = (3, 4, 6, 9)
@@ -191,10 +196,10 @@ def budgeted_configs(spec: Spec, budgets: list[int], n_blocks: int) -> list[Conf
     return configs
 
 
-def feb_configs(spec: Spec) -> list[Config]:
+def feb_configs(spec: Spec, tables_path: Path) -> list[Config]:
     """FEB-Cache with the tables derived for the testbed (``febprobe``), one per speed level, at the
     node's exposure scale; each row's budget is its own count of steps whose blocks run."""
-    tables, _ = load_tables(FEB_TABLES)
+    tables, _ = load_tables(tables_path)
     configs = []
     for level in FEB_LEVELS:
         table = pick_table(tables, level, spec.steps)
@@ -212,7 +217,7 @@ def auto_configs(model, table, spec: Spec, budgets: list[int], progress: Progres
     """Method ``auto`` at each budget, the last step full within it (as the node runs auto): one uncached run
     on the calibration seeds and prompts is recorded (``RecordingMethod``, the node's first run) and the choice
     for each budget made from it; the reported run uses the choice."""
-    seeds, prompts = [CALIB_SEED_BASE + i for i in range(spec.seeds)], calib_prompts(spec.seeds)
+    seeds, prompts = [CALIB_SEED_BASE + i for i in range(spec.seeds)], calib_prompts(spec.seeds, spec.testbed)
     recorder = RecordingMethod(spec.steps, None, CacheConfig())
     progress("recording the calibration run of auto on the calibration seeds")
     recorded = generate(model, prompts, seeds, spec.steps, spec.cfg, CacheController(recorder, AllFull()),
@@ -246,7 +251,7 @@ def calibrate(model, table, spec: Spec, budgets: list[int], progress: Progress, 
     run takes that many full steps on the calibration seeds/prompts (never the reported ones).
     Returns ``(budget, threshold, params)`` with the calibration record in ``params``."""
     seeds = [CALIB_SEED_BASE + i for i in range(spec.seeds)]
-    prompts = calib_prompts(spec.seeds)
+    prompts = calib_prompts(spec.seeds, spec.testbed)
     found, trials = [], []  # trials are shared: every budget searches the same count-vs-threshold curve
     for budget in budgets:
         progress(f"calibrating {label} for {budget} full steps on the calibration seeds")
@@ -399,16 +404,22 @@ def _header(spec: Spec, model_name: str, size: tuple[int, int], seeds: list[int]
 
 
 def run_testbed(spec: Spec, model, table, progress: Progress) -> tuple[dict, list[torch.Tensor]]:
-    size = (32, 32)
+    bed = get_testbed(spec.testbed)
+    size = bed.size
     seeds = [REPORT_SEED_BASE + i for i in range(spec.seeds)]
-    prompts = report_prompts(spec.seeds)
+    prompts = bed.report_prompts(spec.seeds)
+    skipped = {}
+    if "feb" in spec.methods and not bed.feb_table.exists():
+        spec.methods = tuple(m for m in spec.methods if m != "feb")
+        skipped["feb"] = f"no FEB-Cache table derived for the {bed.name} testbed ({bed.feb_table.name} absent)"
+        progress(f"skipping feb: {skipped['feb']}")
     configs = schedule_configs(spec)
     budgets = sorted({len(FixedSchedule(WARMUP, n).full_steps(spec.steps)) for n in spec.intervals}, reverse=True)
     if "adaptive" in spec.methods:
         configs += calibrate_adaptive(model, table, spec, budgets, progress, size)
     configs += calibrate_schedules(model, table, spec, budgets, progress, size)
     if "feb" in spec.methods:
-        configs += feb_configs(spec)
+        configs += feb_configs(spec, bed.feb_table)
     configs += budgeted_configs(spec, budgets, len(model.double_blocks) + len(model.single_blocks))
     if "auto" in spec.methods:
         configs += auto_configs(model, table, spec, budgets, progress, size)
@@ -416,9 +427,9 @@ def run_testbed(spec: Spec, model, table, progress: Progress) -> tuple[dict, lis
     names = list(getattr(table, "names", []))
     result = _header(spec, "testbed", size, seeds, [names[p] if p < len(names) else str(p) for p in prompts])
     result.update({
-        "timing_only": False,
+        "testbed": bed.name, "timing_only": False, "skipped": skipped,
         "calibration": {"seeds": [CALIB_SEED_BASE + i for i in range(spec.seeds)],
-                        "prompts": [names[p] if p < len(names) else str(p) for p in calib_prompts(spec.seeds)]},
+                        "prompts": [names[p] if p < len(names) else str(p) for p in bed.calib_prompts(spec.seeds)]},
         "metrics_note": "float64 on images clamped to [-1, 1] and mapped to [0, 1]; SSIM: 11x11 Gaussian "
                         "(sigma 1.5), valid positions, per channel; mean over seeds; psnr null = identical",
         "flops_note": "FlopCounterMode per sample (CPU attention counted), full/cached call costs x call counts",
@@ -458,10 +469,9 @@ def run_flux_timing(spec: Spec, progress: Progress, model=None) -> tuple[dict, l
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def load_testbed_model():
-    """The shipped trained testbed (``freqca_lab/testbed/weights``)."""
-    from .testbed.model import load_testbed
-    return load_testbed("cpu")
+def load_testbed_model(name: str = "shapes"):
+    """The shipped trained testbed ``name`` (model, prompt table) on the CPU."""
+    return get_testbed(name).load("cpu")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -479,6 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the result JSON here")
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder (default bench_out/)")
     p.add_argument("--model", choices=("testbed", "flux-timing"), default="testbed")
+    add_testbed_argument(p)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: reproducible ratios; with several threads a busy machine "
                         "makes OpenMP barriers stall and timings swing by 10x; 0 = torch's default)")
@@ -504,7 +515,7 @@ def restrict(spec: Spec, names: str) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> Spec:
-    spec = Spec(model=args.model)
+    spec = Spec(model=args.model, testbed=args.testbed)
     if args.quick:
         spec.steps, spec.seeds, spec.intervals, spec.repeats, spec.calib_iters = 28, 2, (3, 6), 1, 8
         spec.adaptive_schedule = ("freqca",)
@@ -543,7 +554,7 @@ def _main(args: argparse.Namespace) -> dict:
     if spec.model == "flux-timing":
         result, images = run_flux_timing(spec, progress)
     else:
-        model, table = load_testbed_model()
+        model, table = load_testbed_model(spec.testbed)
         result, images = run_testbed(spec, model, table, progress)
     result["wall_total_s"] = time.perf_counter() - start
     table_md = report.markdown_table(result)

@@ -1,14 +1,15 @@
-"""FEB-Cache probe on the testbed: ``python -m freqca_lab.febprobe [--steps 28 50] [--seeds 4] [--out PATH]``.
+"""FEB-Cache probe on a testbed: ``python -m freqca_lab.febprobe [--steps 28 50] [--seeds 4] [--out PATH]
+[--testbed shapes|photos]``.
 
-1. Samples the trained TinyFlux (calibration prompts and seeds of ``bench``, CFG 3, shift 2, 32x32) and
+1. Samples the trained TinyFlux (calibration prompts and seeds of ``bench``, CFG 3, shift 2, the testbed's size) and
    records, per step, every block's attention-kernel output (through the model's attention override) and
    MLP output (forward hooks: ``img_mlp`` of the double blocks; for the single blocks the MLP branch's share
    of ``linear2``), image tokens only.
-2. Per block and step: energy share of the low DCT band over the 16x16 token grid (``BandSplitter``),
+2. Per block and step: energy share of the low DCT band over the token grid (``BandSplitter``),
    relative change between consecutive steps in the low band, the high band and overall. Prints a summary
    (is attention low-frequency and slow, MLP high-frequency and fast, on this model?).
 3. Derives a table per level (``feb.derive_table``) for each step count and writes them, with the
-   measurement summary, to ``testbed/weights/feb_table.json``.
+   measurement summary, to the testbed's ``feb_table.json`` (``Testbed.feb_table``).
 4. Exposure bias: a simple cache (CRF reused at every other step) with the flow ``exposure_scale`` at the
    cached steps, PSNR against uncached for several deltas; and the derived tables run end to end through
    the ``CacheController`` (``FEBMethod``: attention kernels served at ``attn`` steps, the last computed
@@ -31,25 +32,25 @@ from freqca_core.methods.feb import LEVELS, CacheTable, exposure_scale
 from freqca_core.schedule import FixedSchedule
 from freqca_core.spectral import BandSplitter, TokenLayout
 
-from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, calib_prompts, report_prompts
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT
 from .feb_tables import derive_table, save_tables
 from .metrics import psnr, to_unit
 from .runner import conditioning, generate, streams_for
-from .testbed.model import WEIGHTS_DIR
 from .testbed.sampling import flux_sigmas, seeded_noise
+from .testbed.testbeds import add_testbed_argument, get_testbed
 
-SIZE = (32, 32)
 DELTAS = (0.95, 0.965, 0.98, 1.0, 1.02, 1.035)
 
 
 class Run:
     """Inputs of one CFG sampling run (uncond + cond batched, as ``runner.Sampling``)."""
 
-    def __init__(self, model, table, prompts: Sequence[int], seeds: Sequence[int], steps: int) -> None:
+    def __init__(self, model, table, prompts: Sequence[int], seeds: Sequence[int], steps: int,
+                 size: tuple[int, int]) -> None:
         self.model, self.steps = model, steps
         self.streams = streams_for(CFG)
         self.sigmas = flux_sigmas(steps, SHIFT)
-        self.noise = seeded_noise(seeds, SIZE, model.config.in_channels)
+        self.noise = seeded_noise(seeds, size, model.config.in_channels)
         self.context, self.y = conditioning(table, prompts, CFG)
         self.n_txt = self.context.shape[1]
 
@@ -143,8 +144,9 @@ def _mean(t: Tensor) -> float:
     return float(t[~torch.isnan(t)].mean())
 
 
-def measure(model, table, steps: int, seeds: int, cutoffs: Sequence[float]) -> dict[str, Any]:
-    run = Run(model, table, calib_prompts(seeds), [CALIB_SEED_BASE + i for i in range(seeds)], steps)
+def measure(model, table, steps: int, seeds: int, cutoffs: Sequence[float], testbed: str = "shapes") -> dict[str, Any]:
+    bed = get_testbed(testbed)
+    run = Run(model, table, bed.calib_prompts(seeds), [CALIB_SEED_BASE + i for i in range(seeds)], steps, bed.size)
     attn, mlp, grid = record(run)
     layout = TokenLayout.grid(*grid)
     nd = len(model.double_blocks)
@@ -168,9 +170,9 @@ def measure(model, table, steps: int, seeds: int, cutoffs: Sequence[float]) -> d
 # ------------------------------------------------------------------------------------------- sampling
 
 def generate_with(model, ptable, prompts: Sequence[int], seeds: Sequence[int], steps: int,
-                  method: Any = None) -> Tensor:
-    """Images of one sampling run (``runner.generate``, CFG 3, shift 2, 32x32) with ``method`` (a controller)."""
-    return generate(model, prompts, seeds, steps, CFG, method, table=ptable, shift=SHIFT, size=SIZE).images
+                  method: Any, size: tuple[int, int]) -> Tensor:
+    """Images of one sampling run (``runner.generate``, CFG 3, shift 2) with ``method`` (a controller)."""
+    return generate(model, prompts, seeds, steps, CFG, method, table=ptable, shift=SHIFT, size=size).images
 
 
 class ExposureScaledReuse(ForecastMethod):
@@ -207,25 +209,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=[28, 50])
     p.add_argument("--seeds", type=int, default=4, help="calibration seeds (and report seeds for PSNR)")
     p.add_argument("--cutoffs", type=float, nargs="+", default=[0.1, 0.25], help="low-band DCT cutoffs")
-    p.add_argument("--out", default=str(WEIGHTS_DIR / "feb_table.json"))
+    p.add_argument("--out", default=None, help="default: the testbed's feb_table.json")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    add_testbed_argument(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .testbed import load_testbed
-    model, ptable = load_testbed()
+    bed = get_testbed(args.testbed)
+    model, ptable = bed.load()
     t0 = time.perf_counter()
-    meta: dict[str, Any] = {"model": "testbed TinyFlux", "cfg": CFG, "shift": SHIFT, "size": list(SIZE),
+    meta: dict[str, Any] = {"model": f"testbed TinyFlux ({bed.name})", "cfg": CFG, "shift": SHIFT,
+                            "size": list(bed.size),
                             "calibration_seeds": [CALIB_SEED_BASE + i for i in range(args.seeds)],
-                            "calibration_prompts": calib_prompts(args.seeds), "measurements": {},
+                            "calibration_prompts": bed.calib_prompts(args.seeds), "measurements": {},
                             "exposure_sweep": {}, "feb_eval": {}}
     tables: dict[str, list[CacheTable]] = {lv: [] for lv in LEVELS}
     for steps in args.steps:
-        m = measure(model, ptable, steps, args.seeds, args.cutoffs)
+        m = measure(model, ptable, steps, args.seeds, args.cutoffs, bed.name)
         meta["measurements"][str(steps)] = m
         print(f"\n== {steps} steps: attention kernel vs MLP outputs (image tokens, mean over blocks and steps)")
         print(f"{'cutoff':>6} {'part':>5} {'e_low':>7} {'c_low':>7} {'c_high':>7} {'c_all':>7} {'d_low':>7}"
@@ -245,13 +249,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     print("\n== exposure bias: CRF reused at every other step, flow exposure_scale at cached steps; "
           "PSNR (dB) vs uncached, mean over seeds")
-    sets = {"calib": (calib_prompts(args.seeds), [CALIB_SEED_BASE + i for i in range(args.seeds)]),
-            "report": (report_prompts(args.seeds), [REPORT_SEED_BASE + i for i in range(args.seeds)])}
+    sets = {"calib": (bed.calib_prompts(args.seeds), [CALIB_SEED_BASE + i for i in range(args.seeds)]),
+            "report": (bed.report_prompts(args.seeds), [REPORT_SEED_BASE + i for i in range(args.seeds)])}
     refs: dict[tuple[str, int], Tensor] = {}
     for steps in args.steps:
         for name, (prompts, seeds) in sets.items():
             def images(method: Any, steps: int = steps, prompts=prompts, seeds=seeds) -> Tensor:
-                return generate_with(model, ptable, prompts, seeds, steps, method)
+                return generate_with(model, ptable, prompts, seeds, steps, method, bed.size)
 
             refs[(name, steps)] = images(None)
             row = {str(d): round(mean_psnr(images(reuse_every_other(d)), refs[(name, steps)]), 3) for d in DELTAS}
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name, (prompts, seeds) in sets.items():
                 row = {}
                 for d in DELTAS:
-                    x = generate_with(model, ptable, prompts, seeds, steps, feb(t, d))
+                    x = generate_with(model, ptable, prompts, seeds, steps, feb(t, d), bed.size)
                     row[str(d)] = round(mean_psnr(x, refs[(name, steps)]), 3)
                 meta["feb_eval"][f"{lv}/{name}/{steps}"] = {"psnr": row, "counts": t.counts()}
                 print(f"{lv:>9} {name:>6} {steps:>3}: {t.counts()}  " + "  ".join(
@@ -277,14 +281,15 @@ def main(argv: list[str] | None = None) -> dict:
             row = {}
             for pat in ("Fa", "Fb", "Faa", "Fbb", "Fab"):
                 t = CacheTable.parse("FFF" + (pat * steps)[:steps - 4] + "F")
-                x = generate_with(model, ptable, prompts, seeds, steps, feb(t))
+                x = generate_with(model, ptable, prompts, seeds, steps, feb(t), bed.size)
                 row[pat] = round(mean_psnr(x, refs[(name, steps)]), 3)
             meta["pattern_check"][f"{name}/{steps}"] = row
             print(f"{name:>6} {steps:>3}: " + "  ".join(f"{p}: {v:.2f}" for p, v in row.items()))
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     if not args.no_write:
-        save_tables(args.out, tables, meta)
-        print(f"\nwrote {args.out} ({meta['wall_s']} s)")
+        out = args.out or bed.feb_table
+        save_tables(out, tables, meta)
+        print(f"\nwrote {out} ({meta['wall_s']} s)")
     return meta
 
 

@@ -1,6 +1,6 @@
 """How well calibration (method ``auto``) chooses on the testbed: ``python3 -m freqca_lab.measure_auto
 [--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--threads 1] [--gap-slack K] [--noise-weighted] [--no-compounding]
-[--json PATH]``.
+[--json PATH] [--testbed shapes|photos]``.
 
 One uncached run on the benchmark's calibration seeds and prompts is recorded (``RecordingMethod``, the node's
 first run); at each budget (the full-step count of the fixed schedule, warm-up 3, at each interval) every
@@ -27,10 +27,10 @@ from freqca_core.calibration import calibrate, score_candidates
 from freqca_core.methods.auto import AllFull, RecordingMethod
 from freqca_core.methods.frdiff import GateSchedule
 
-from .bench import (CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, calib_prompts, recorder_bytes,
-                    report_prompts)
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, recorder_bytes
 from .metrics import fidelity
 from .runner import generate
+from .testbed.testbeds import add_testbed_argument, get_testbed
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -72,26 +72,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-compounding", action="store_true",
                         help="count a cached step's cost once (not until the next full step)")
     parser.add_argument("--json", type=str, default=None)
+    add_testbed_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .testbed.model import load_testbed
-    model, table = load_testbed("cpu")
+    bed = get_testbed(args.testbed)
+    model, table = bed.load("cpu")
     n = args.steps
 
     def run(prompts, seeds, controller):
-        return generate(model, prompts, seeds, n, CFG, controller, table=table, shift=SHIFT)
+        return generate(model, prompts, seeds, n, CFG, controller, table=table, shift=SHIFT, size=bed.size)
 
     def psnr_of(images) -> float:
         return sum(fidelity(images, reference)["psnr"]) / args.seeds
 
-    calib = ([CALIB_SEED_BASE + i for i in range(args.seeds)], calib_prompts(args.seeds))
-    report = ([REPORT_SEED_BASE + i for i in range(args.seeds)], report_prompts(args.seeds))
+    calib = ([CALIB_SEED_BASE + i for i in range(args.seeds)], bed.calib_prompts(args.seeds))
+    report = ([REPORT_SEED_BASE + i for i in range(args.seeds)], bed.report_prompts(args.seeds))
     recorder = RecordingMethod(n, None, CacheConfig())
     uncached_calib = run(calib[1], calib[0], None)
     recorded = run(calib[1], calib[0], CacheController(recorder, AllFull()))
     trajectory = recorder.trajectory
     reference = run(report[1], report[0], None).images
-    result = {"steps": n, "seeds": args.seeds, "threads": args.threads,
+    result = {"testbed": bed.name, "steps": n, "seeds": args.seeds, "threads": args.threads,
               "recording_mb": round(recorder_bytes(trajectory) / 2 ** 20, 2),
               "uncached_s": round(uncached_calib.wall_s, 2), "recorded_s": round(recorded.wall_s, 2),
               "budgets": []}

@@ -1,6 +1,7 @@
 """Search: CRF-level configurations against per-layer baselines at equal block-execution budgets.
 
-``python -m freqca_lab.measure_perlayer [--steps 50] [--seeds 4] [--calibration] [--json PATH]``
+``python -m freqca_lab.measure_perlayer [--steps 50] [--seeds 4] [--calibration] [--json PATH]
+[--testbed shapes|photos]``
 
 For each full-step budget ``B`` (the benchmark's: warm-up 3 and N = 3, 4, 6, 9) every method runs on a
 family of schedules with at most ``B`` full steps (``spread_schedule``: ``warmup`` first steps, ``final``
@@ -32,6 +33,7 @@ from .metrics import fidelity
 from .perlayer import DBCache, PerLayerTaylorSeer, spread_schedule, taylorseer_weights
 from .runner import generate
 from .testbed.sampling import flux_sigmas
+from .testbed.testbeds import add_testbed_argument, get_testbed
 
 STEPS = [50]  # the run length of the search (step-unit forecasters map sigmas to steps with it)
 
@@ -122,14 +124,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gammas", type=str, default="1")
     p.add_argument("--budgets", type=str, help="comma-separated full-step budgets (default: the benchmark's)")
     p.add_argument("--json", type=Path)
+    add_testbed_argument(p)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     STEPS[0] = args.steps
-    model, table = bench.load_testbed_model()
+    model, table = bench.load_testbed_model(args.testbed)
+    size = get_testbed(args.testbed).size
     base = bench.CALIB_SEED_BASE if args.calibration else bench.REPORT_SEED_BASE
     seeds = [base + i for i in range(args.seeds)]
-    prompts = (bench.calib_prompts if args.calibration else bench.report_prompts)(args.seeds)
-    ref = generate(model, prompts, seeds, args.steps, bench.CFG, None, table=table, shift=bench.SHIFT)
+    prompts = (bench.calib_prompts if args.calibration else bench.report_prompts)(args.seeds, args.testbed)
+    ref = generate(model, prompts, seeds, args.steps, bench.CFG, None, table=table, shift=bench.SHIFT, size=size)
     n_blocks = ref.block_calls // args.steps
     rows = []
     for name in args.methods.split(","):
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
                     sched = spread_schedule(args.steps, n_full, warmup, final, gamma)
                     t = time.perf_counter()
                     g = generate(model, prompts, seeds, args.steps, bench.CFG, make(sched), table=table,
-                                 shift=bench.SHIFT)
+                                 shift=bench.SHIFT, size=size)
                     psnr = sum(fidelity(g.images, ref.images)["psnr"]) / len(seeds)
                     row = {"method": name, "budget": budget, "warmup": warmup, "final": final, "gamma": gamma,
                            "full_steps": g.full_steps, "block_ratio": g.block_calls / ref.block_calls,

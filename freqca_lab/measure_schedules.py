@@ -1,6 +1,6 @@
 """Full steps needed for a PSNR target, fixed vs adaptive schedule, on the trained testbed (issue 9).
 
-    python3 -m freqca_lab.measure_schedules [--steps 50] [--seeds 4] [--targets 30 35]
+    python3 -m freqca_lab.measure_schedules [--steps 50] [--seeds 4] [--targets 30 35] [--testbed shapes|photos]
 
 For each configuration family (FreqCa and reuse on the fixed schedule over intervals 2..12, on the adaptive
 schedule over a tolerance grid, and the output-space adaptive baseline over a threshold grid) every setting
@@ -19,10 +19,10 @@ import torch
 
 from freqca_core import CacheConfig
 from freqca_lab.baselines import AdaptiveOutputCache
-from freqca_lab.bench import (ADAPTIVE_MAX_GAP, CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP,
-                              calib_prompts, load_testbed_model, report_prompts)
+from freqca_lab.bench import ADAPTIVE_MAX_GAP, CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP
 from freqca_lab.metrics import fidelity
 from freqca_lab.runner import generate
+from freqca_lab.testbed.testbeds import add_testbed_argument, get_testbed
 
 TOLERANCES = [0.02 * 1.4 ** k for k in range(12)]
 THRESHOLDS = [0.01 * 1.5 ** k for k in range(12)]
@@ -50,19 +50,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--targets", type=float, nargs="+", default=[30.0, 35.0])
+    add_testbed_argument(p)
     args = p.parse_args()
     torch.set_num_threads(1)
-    model, table = load_testbed_model()
-    sets = {"calib": (calib_prompts(args.seeds), [CALIB_SEED_BASE + i for i in range(args.seeds)]),
-            "report": (report_prompts(args.seeds), [REPORT_SEED_BASE + i for i in range(args.seeds)])}
+    bed = get_testbed(args.testbed)
+    model, table = bed.load("cpu")
+    sets = {"calib": (bed.calib_prompts(args.seeds), [CALIB_SEED_BASE + i for i in range(args.seeds)]),
+            "report": (bed.report_prompts(args.seeds), [REPORT_SEED_BASE + i for i in range(args.seeds)])}
 
     def run(which: str, cache: Any) -> tuple[int, float]:
         prompts, seeds = sets[which]
-        g = generate(model, prompts, seeds, args.steps, CFG, cache, table=table, shift=SHIFT)
+        g = generate(model, prompts, seeds, args.steps, CFG, cache, table=table, shift=SHIFT, size=bed.size)
         psnr = fidelity(g.images, refs[which])["psnr"]
         return g.full_steps, sum(psnr) / len(psnr)
 
-    refs = {k: generate(model, p, s, args.steps, CFG, None, table=table, shift=SHIFT).images
+    refs = {k: generate(model, p, s, args.steps, CFG, None, table=table, shift=SHIFT, size=bed.size).images
             for k, (p, s) in sets.items()}
     print(f"{args.steps} steps, {args.seeds} seeds; chosen on the calibration seeds, reported on held-out ones\n")
     print("| configuration | target | chosen setting | full steps (calibration) | full steps | PSNR dB |")

@@ -104,8 +104,9 @@ def markdown_table(result: dict) -> str:
     runs = sorted(result["runs"], key=lambda r: (-r["budget"], METHOD_ORDER.index(r["method"])))
     best = best_by_budget(runs)
     h, w = result["resolution"]
+    name = f"{result['model']} {result['testbed']}" if "testbed" in result else result["model"]
     lines = [
-        f"**{result['model']}**: {result['steps']} Euler steps, {result['seeds']} held-out seeds, {h}x{w}, "
+        f"**{name}**: {result['steps']} Euler steps, {result['seeds']} held-out seeds, {h}x{w}, "
         f"CFG {result['cfg']}; fidelity vs the uncached image of the same seed and prompt "
         f"(float64, images in [0, 1]); **bold** = best PSNR at that budget (block executions \u2264 budget x blocks).",
         "",

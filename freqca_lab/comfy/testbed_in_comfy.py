@@ -1,4 +1,5 @@
-"""The shipped, trained testbed loaded into ComfyUI's own Flux class (its state dict has Flux's layout).
+"""A shipped, trained testbed loaded into ComfyUI's own Flux class (its state dict has Flux's layout);
+``testbed`` names which (``freqca_lab.testbed.testbeds``: ``shapes``, the default, or ``photos``).
 
 Random-weight models say little about fidelity (their blocks barely change the output); this one was
 trained to denoise, so the node's error on it is meaningful. Its "latents" are 3-channel pixels.
@@ -6,21 +7,20 @@ trained to denoise, so the node's error on it is meaningful. Its "latents" are 3
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "freqca_lab" / "testbed" / "weights"
+from freqca_lab.testbed.testbeds import get_testbed
 
 
-def build_testbed_flux():
-    """``comfy.supported_models.Flux`` with the testbed config and trained weights, in a ModelPatcher."""
+def build_testbed_flux(testbed: str = "shapes"):
+    """``comfy.supported_models.Flux`` with the testbed's config and trained weights, in a ModelPatcher."""
     import comfy.model_patcher
     import comfy.supported_models
 
-    path = WEIGHTS / "tinyflux.safetensors"
+    path = get_testbed(testbed).weights_dir / "tinyflux.safetensors"
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
     model_config = comfy.supported_models.Flux(dict(config, image_model="flux"))
@@ -31,9 +31,9 @@ def build_testbed_flux():
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
-def prompt_conditioning(prompt: int):
+def prompt_conditioning(prompt: int, testbed: str = "shapes"):
     """Positive (prompt ``prompt``) and negative (the null prompt) conditioning from the shipped table."""
-    tensors = load_file(str(WEIGHTS / "prompts.safetensors"))
+    tensors = load_file(str(get_testbed(testbed).weights_dir / "prompts.safetensors"))
     context, pooled = tensors["context"].float(), tensors["pooled"].float()
     null = context.shape[0] - 1
 

@@ -155,3 +155,10 @@ class PromptTable(nn.Module):
             names = f.metadata()["names"].split("\n")
             table = cls(names, f.get_tensor("context").float(), f.get_tensor("pooled").float())
         return table.to(device).requires_grad_(False)
+
+
+class ShapeData:
+    """Training data of the ``shapes`` testbed, with the same interface as ``photos.PhotoData``."""
+
+    prompts = PROMPTS
+    render_batch = staticmethod(render_batch)

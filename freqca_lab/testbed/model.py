@@ -23,8 +23,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .data import PromptTable
-
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
@@ -347,9 +345,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TinyFlux
     model = TinyFlux(config)
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return model.to(device).eval().requires_grad_(False)
-
-
-def load_testbed(device: str | torch.device = "cpu") -> tuple[TinyFlux, PromptTable]:
-    """The shipped trained model (fp32, eval mode) and its prompt table."""
-    model = load_model(WEIGHTS_DIR / "tinyflux.safetensors", device)
-    return model, PromptTable.load(WEIGHTS_DIR / "prompts.safetensors", device)

@@ -1,9 +1,11 @@
-"""Train the testbed: ``python -m freqca_lab.testbed.train [--out DIR] [--iters N] [--minutes M] [--seed S]``.
+"""Train a testbed: ``python -m freqca_lab.testbed.train [--testbed shapes|photos] [--out DIR] [--iters N] ...``.
 
 Deterministic on CPU (fixed seeds, one process, fixed thread count): every batch, timestep and noise
 tensor is a function of (seed, iteration). Rectified flow: x_t = (1-t) x0 + t noise, the model predicts
-noise - x0, t ~ logit-normal(0, 1). Writes tinyflux.safetensors (fp16, EMA weights), prompts.safetensors,
-samples.png and MODEL_CARD.md into --out. ``--minutes`` is only a safety cap: hitting it stops early
+noise - x0, t ~ logit-normal(0, 1). ``--testbed`` picks the data, image size and architecture
+(``testbeds.TESTBEDS``); ``--out`` defaults to that testbed's weights folder. Writes tinyflux.safetensors
+(fp16, EMA weights), prompts.safetensors, heldout.safetensors (32 held-out images, so that tests need no
+data-set dependency), samples.png and MODEL_CARD.md into --out. ``--minutes`` is only a safety cap: hitting it stops early
 (the card says so) and the result then depends on machine speed.
 """
 from __future__ import annotations
@@ -19,23 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from safetensors.torch import save_file
 from torch import Tensor
 
-from .data import PROMPTS, PromptTable, render_batch
-from .model import WEIGHTS_DIR, TinyFlux, TinyFluxConfig, load_model, save_model
+from .data import PromptTable
+from .model import TinyFlux, load_model, save_model
 from .sampling import euler_sample, flux_sigmas, seeded_noise
+from .testbeds import TESTBEDS, Testbed, TrainingData, get_testbed
 
 TRAIN_SEED_BASE = 1_000_000  # training images use seeds >= this; smaller seeds are held out
-TOKENS = 4
-SIZE = (32, 32)
-GRID_PROMPTS = ("red circle", "green square", "blue triangle", "yellow ring", "magenta cross",
-                "cyan stripes", "blue circle", "red cross")
 GRID_STEPS, GRID_SHIFT, GRID_CFG = 28, 2.0, 3.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--testbed", choices=sorted(TESTBEDS), default="shapes")
+    p.add_argument("--out", type=Path, default=None, help="default: the testbed's weights folder")
     p.add_argument("--iters", type=int, default=2400)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -46,11 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def training_batch(it: int, args: argparse.Namespace, null_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def training_batch(it: int, args: argparse.Namespace, data: TrainingData, size: tuple[int, int],
+                   null_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batch ``it``: x0 [B,3,H,W], prompt ids [B] (10% null), t [B], noise [B,3,H,W]."""
     rng = np.random.default_rng([args.seed, it])
-    ids = rng.integers(len(PROMPTS), size=args.batch)
-    x0 = render_batch(ids, TRAIN_SEED_BASE + it * args.batch + np.arange(args.batch), SIZE)
+    ids = rng.integers(len(data.prompts), size=args.batch)
+    x0 = data.render_batch(ids, TRAIN_SEED_BASE + it * args.batch + np.arange(args.batch), size)
     ids[rng.random(args.batch) < 0.1] = null_id
     g = torch.Generator().manual_seed(args.seed * 1_000_003 + it)
     t = torch.sigmoid(torch.randn(args.batch, generator=g))
@@ -73,12 +75,25 @@ def lr_at(it: int, iters: int, base: float, warmup: int = 100) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def heldout_batch(data: TrainingData, size: tuple[int, int], n: int) -> tuple[Tensor, Tensor]:
+    """Held-out images: prompt ids [n] (cycling over the prompts) and x0 [n, 3, H, W] from seeds 0..n-1."""
+    ids = torch.arange(n) % len(data.prompts)
+    return ids, data.render_batch(ids, range(n), size)
+
+
+def save_heldout(data: TrainingData, size: tuple[int, int], path: Path, n: int = 32) -> None:
+    """``heldout_batch`` as ``heldout.safetensors`` (ids int64, x0 fp16), so that tests can check the shipped
+    model without the data set's dependencies."""
+    ids, x0 = heldout_batch(data, size, n)
+    save_file({"ids": ids, "x0": x0.half().contiguous()}, str(path))
+
+
 @torch.no_grad()
-def evaluate(model: TinyFlux, table: PromptTable, n: int = 192) -> dict[str, float]:
+def evaluate(model: TinyFlux, table: PromptTable, data: TrainingData, size: tuple[int, int],
+             n: int = 192) -> dict[str, float]:
     """Held-out flow loss over t in (0, 1), and x0-prediction MSE at t=0.5 vs a zero predictor."""
-    ids = torch.arange(n) % len(PROMPTS)
-    x0 = render_batch(ids, range(n), SIZE)
-    noise = seeded_noise(range(10_000, 10_000 + n), SIZE)
+    ids, x0 = heldout_batch(data, size, n)
+    noise = seeded_noise(range(10_000, 10_000 + n), size)
     t = (torch.arange(n) + 0.5) / n
     loss = flow_loss(model, table, x0, ids, t, noise).item()
     half = torch.full((n,), 0.5)
@@ -89,8 +104,8 @@ def evaluate(model: TinyFlux, table: PromptTable, n: int = 192) -> dict[str, flo
 
 
 @torch.no_grad()
-def generate(model: TinyFlux, table: PromptTable, prompt: int, seeds: range, cfg: float = GRID_CFG,
-             steps: int = GRID_STEPS, shift: float = GRID_SHIFT) -> Tensor:
+def generate(model: TinyFlux, table: PromptTable, prompt: int, seeds: range, size: tuple[int, int],
+             cfg: float = GRID_CFG, steps: int = GRID_STEPS, shift: float = GRID_SHIFT) -> Tensor:
     """Euler + CFG samples for one prompt: [len(seeds), 3, H, W]."""
     n = len(seeds)
     context, y = table(torch.tensor([prompt] * n + [table.null_id] * n))
@@ -99,73 +114,82 @@ def generate(model: TinyFlux, table: PromptTable, prompt: int, seeds: range, cfg
         v_cond, v_uncond = model(torch.cat([x, x]), torch.full((2 * n,), sigma), context, y).chunk(2)
         return v_uncond + cfg * (v_cond - v_uncond)
 
-    return euler_sample(velocity, seeded_noise(seeds, SIZE), flux_sigmas(steps, shift))
+    return euler_sample(velocity, seeded_noise(seeds, size), flux_sigmas(steps, shift))
 
 
-def save_grid(model: TinyFlux, table: PromptTable, path: Path, n_train: int = 3, n_gen: int = 6) -> None:
+def save_grid(model: TinyFlux, table: PromptTable, bed: Testbed, data: TrainingData, path: Path,
+              n_train: int = 3, n_gen: int = 6) -> None:
     """Rows: prompts; left: training images, right: samples from held-out noise seeds 0..n_gen-1."""
     scale, label_w, gap = 3, 120, 12
-    tile = SIZE[0] * scale
-    width = label_w + (n_train + n_gen) * tile + gap
-    canvas = Image.new("RGB", (width, 20 + len(GRID_PROMPTS) * tile), "white")
+    tile_h, tile_w = bed.size[0] * scale, bed.size[1] * scale
+    width = label_w + (n_train + n_gen) * tile_w + gap
+    canvas = Image.new("RGB", (width, 20 + len(bed.grid_prompts) * tile_h), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((label_w, 4), "training data", fill="black")
-    draw.text((label_w + n_train * tile + gap, 4), f"generated ({GRID_STEPS} Euler steps, cfg {GRID_CFG})", fill="black")
-    for row, name in enumerate(GRID_PROMPTS):
-        pid = PROMPTS.index(name)
-        train = render_batch([pid] * n_train, [TRAIN_SEED_BASE + 7 * k + row for k in range(n_train)], SIZE)
-        images = torch.cat([train, generate(model, table, pid, range(n_gen))])
-        top = 20 + row * tile
-        draw.text((6, top + tile // 2 - 6), name, fill="black")
+    draw.text((label_w + n_train * tile_w + gap, 4), f"generated ({GRID_STEPS} Euler steps, cfg {GRID_CFG})", fill="black")
+    for row, name in enumerate(bed.grid_prompts):
+        pid = data.prompts.index(name)
+        seeds = [TRAIN_SEED_BASE + 7 * k + row for k in range(n_train)]
+        images = torch.cat([data.render_batch([pid] * n_train, seeds, bed.size),
+                            generate(model, table, pid, range(n_gen), bed.size)])
+        top = 20 + row * tile_h
+        draw.text((6, top + tile_h // 2 - 6), name, fill="black")
         for col, img in enumerate(images):
             arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-            pic = Image.fromarray(arr).resize((tile, tile), Image.NEAREST)
-            canvas.paste(pic, (label_w + col * tile + (gap if col >= n_train else 0), top))
+            pic = Image.fromarray(arr).resize((tile_w, tile_h), Image.NEAREST)
+            canvas.paste(pic, (label_w + col * tile_w + (gap if col >= n_train else 0), top))
     canvas.save(path)
 
 
-def write_card(path: Path, model: TinyFlux, stats: dict) -> None:
+def write_card(path: Path, model: TinyFlux, bed: Testbed, stats: dict) -> None:
+    """MODEL_CARD.md: architecture, data, training numbers, samples and the command that reproduces them."""
     n_params = sum(p.numel() for p in model.parameters())
     c = model.config
+    (height, width), p = bed.size, c.patch_size
+    grid_h, grid_w = -(-height // p), -(-width // p)
     lines = [
-        "# TinyFlux testbed model",
+        f"# TinyFlux testbed model: `{bed.name}`",
         "",
-        "A small FLUX-architecture rectified-flow transformer trained from scratch on procedural images, so that",
+        f"A small FLUX-architecture rectified-flow transformer trained from scratch on {bed.summary}, so that",
         "caching methods can be benchmarked without downloading weights. Own implementation; the state dict",
         "has the same keys and shapes as ComfyUI's `comfy.ldm.flux.model.Flux` with the same parameters.",
         "",
         "## Architecture",
         f"- {c.depth} double-stream + {c.depth_single_blocks} single-stream blocks, hidden {c.hidden_size}, "
         f"{c.num_heads} heads (RoPE axes {c.axes_dim}, theta {c.theta}), MLP ratio {c.mlp_ratio}, QK RMSNorm, adaLN.",
-        f"- Works on pixels: {c.in_channels} channels, patch {c.patch_size} -> 16x16 = 256 image tokens at 32x32; "
-        f"{TOKENS} text tokens (context dim {c.context_in_dim}), pooled vector dim {c.vec_in_dim}.",
+        f"- Works on pixels: {c.in_channels} channels, patch {p} -> {grid_h}x{grid_w} = {grid_h * grid_w} image "
+        f"tokens at {height}x{width} (H x W); {bed.tokens} text tokens (context dim {c.context_in_dim}), pooled vector dim {c.vec_in_dim}.",
         f"- Parameters: {n_params:,}; weights file {stats['file_bytes'] / 1e6:.2f} MB (fp16, load as fp32).",
         f"- Config: `{json.dumps(asdict(c))}`",
         "",
         "## Data",
-        f"- {len(PROMPTS)} prompts = 6 shapes (circle, square, triangle, ring, cross, stripes) x 6 colours "
-        "(red, green, blue, yellow, magenta, cyan), plus a null prompt for CFG (10% condition dropout).",
-        "- One shape of random size, position and rotation on a muted gradient background with a faint "
-        "wave or blob texture; RGB in [-1, 1]. `freqca_lab.testbed.data.render(prompt, seed, size)`.",
+        *(f"- {line}" for line in bed.data_lines),
         f"- Training image seeds >= {TRAIN_SEED_BASE:,}; seeds below are held out.",
-        "- Prompt conditioning (`prompts.safetensors`): a learned context [4, 64] and pooled vector [64] per prompt.",
+        f"- Prompt conditioning (`prompts.safetensors`): a learned context [{bed.tokens}, {c.context_in_dim}] and "
+        f"pooled vector [{c.vec_in_dim}] per prompt.",
         "",
         "## Training",
         f"- Rectified flow, velocity target noise - x0, t ~ logit-normal(0, 1); AdamW lr {stats['lr']} "
         f"(100 warm-up iterations, cosine to 5%), batch {stats['batch']}, grad clip 1, EMA 0.995 (shipped).",
         f"- Iterations: {stats['iters_done']} of {stats['iters']}"
         + (" (STOPPED EARLY by the --minutes cap)" if stats["stopped_early"] else "") + f"; seed {stats['seed']}.",
-        f"- Wall time: {stats['wall_s'] / 60:.1f} min on {stats['threads']} CPU threads (torch {torch.__version__}).",
+        f"- Wall time: {stats['wall_s'] / 60:.1f} min on {stats['threads']} CPU thread"
+        f"{'s' if stats['threads'] != 1 else ''} (torch {torch.__version__}); results can differ in the last bits "
+        "with another thread count.",
         f"- Final training loss (mean of the last 100 iterations): {stats['final_loss']:.4f}.",
         f"- Held-out flow loss (EMA weights after the fp16 round trip): {stats['eval_flow_loss']:.4f}; "
         f"x0-prediction MSE at t = 0.5: {stats['x0_mse_t05']:.4f} (zero predictor: {stats['zero_mse']:.4f}).",
+        "",
+        "## Files",
+        "`tinyflux.safetensors` (weights, config in its metadata), `prompts.safetensors` (prompt table), "
+        "`heldout.safetensors` (32 held-out images: prompt ids and x0, fp16, seeds 0-31), `samples.png`.",
         "",
         "## Samples",
         f"`samples.png`: per prompt, training images (left) and samples from held-out noise seeds (right), "
         f"{GRID_STEPS} Euler steps, shift {GRID_SHIFT}, CFG {GRID_CFG}.",
         "",
         "## Reproduce",
-        f"`python -m freqca_lab.testbed.train --iters {stats['iters']} --seed {stats['seed']} "
+        f"`python -m freqca_lab.testbed.train --testbed {bed.name} --iters {stats['iters']} --seed {stats['seed']} "
         f"--batch {stats['batch']} --lr {stats['lr']} --threads {stats['threads']}`",
         "",
     ]
@@ -175,9 +199,11 @@ def write_card(path: Path, model: TinyFlux, stats: dict) -> None:
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = TinyFluxConfig()
+    bed = get_testbed(args.testbed)
+    data = bed.training_data()
+    config = bed.config
     model = TinyFlux(config)
-    table = PromptTable.create(PROMPTS, TOKENS, config.context_in_dim, config.vec_in_dim, seed=args.seed)
+    table = PromptTable.create(data.prompts, bed.tokens, config.context_in_dim, config.vec_in_dim, seed=args.seed)
     params = list(model.parameters()) + list(table.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     ema_model, ema_table = copy.deepcopy(model).requires_grad_(False), copy.deepcopy(table).requires_grad_(False)
@@ -191,7 +217,7 @@ def train(args: argparse.Namespace) -> None:
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(it, args.iters, args.lr)
-        loss = flow_loss(model, table, *training_batch(it, args, table.null_id))
+        loss = flow_loss(model, table, *training_batch(it, args, data, bed.size, table.null_id))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -207,18 +233,20 @@ def train(args: argparse.Namespace) -> None:
         it = args.iters
     wall = time.time() - start
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    weights = args.out / "tinyflux.safetensors"
+    out = args.out or bed.weights_dir
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "tinyflux.safetensors"
     save_model(ema_model, weights)
-    ema_table.save(args.out / "prompts.safetensors")
-    model, table = load_model(weights), PromptTable.load(args.out / "prompts.safetensors")
+    ema_table.save(out / "prompts.safetensors")
+    save_heldout(data, bed.size, out / "heldout.safetensors")
+    model, table = load_model(weights), PromptTable.load(out / "prompts.safetensors")
     stats = {"iters": args.iters, "iters_done": it, "stopped_early": it < args.iters, "batch": args.batch,
              "lr": args.lr, "seed": args.seed, "threads": args.threads, "wall_s": wall,
              "final_loss": float(np.mean(losses[-100:])), "file_bytes": weights.stat().st_size,
-             **evaluate(model, table)}
+             **evaluate(model, table, data, bed.size)}
     print(json.dumps(stats), flush=True)
-    save_grid(model, table, args.out / "samples.png")
-    write_card(args.out / "MODEL_CARD.md", model, stats)
+    save_grid(model, table, bed, data, out / "samples.png")
+    write_card(out / "MODEL_CARD.md", model, bed, stats)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,6 +75,23 @@ def test_fidelity_on_the_trained_testbed(pack, testbed, prompt):
     assert torch.equal(sample(accelerate(pack, testbed, interval=1), *conds, **run), reference)
 
 
+def test_the_photos_testbed_in_comfyui(pack, comfyui):
+    """The second trained testbed (24x40 pixels = 12x20 tokens, 1 double + 5 single blocks) loaded into ComfyUI's
+    Flux: the node runs its blocks only at full steps and stays close to uncached where skipping is ruinous."""
+    photos = build_testbed_flux("photos")
+    conds = prompt_conditioning(3, "photos")
+    run = dict(steps=28, cfg=3.0, latent=pixel_latent(size=(24, 40)), seed=5)
+    reference = sample(photos, *conds, **run)
+    with count_block_calls(photos) as calls:
+        fast = sample(accelerate(pack, photos, interval=3, warmup_steps=3), *conds, **run)
+    skipped = sample(bypass_blocks(photos), *conds, **run)
+    print(f"photos: PSNR cached {psnr(fast, reference):.1f} dB, blocks skipped {psnr(skipped, reference):.1f} dB")
+    assert reference.shape[-2:] == (24, 40) and calls.total == expected_full_steps(28, 3, 3) * 6
+    assert psnr(skipped, reference) < 16  # measured: 12.7 dB
+    assert psnr(fast, reference) > 28  # measured: 33.0 dB
+    assert rel_l1(fast, reference) < 0.15 * rel_l1(skipped, reference)
+
+
 def test_cfg_with_cond_and_uncond(pack, flux, conds):
     reference = sample(flux, *conds, steps=STEPS, cfg=3.0)
     fast = accelerate(pack, flux)

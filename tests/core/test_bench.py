@@ -124,13 +124,15 @@ def test_flops_from_call_costs_equal_direct_count(setup):
 
 def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
     from PIL import Image
-    monkeypatch.setattr(bench, "load_testbed_model", lambda: setup)
+    loaded = []
+    monkeypatch.setattr(bench, "load_testbed_model", lambda name: loaded.append(name) or setup)
     out = tmp_path / "out"
     result = bench.main(["--steps", "6", "--seeds", "1", "--intervals", "2", "--repeats", "1",
                          "--json", str(tmp_path / "r.json"), "--out", str(out), "--no-progress"])
     data = json.loads((tmp_path / "r.json").read_text())
     assert data == json.loads((out / "results.json").read_text())
     assert data["model"] == "testbed" and data["steps"] == 6 and data["seeds"] == 1
+    assert loaded == ["shapes"] and data["testbed"] == "shapes" and data["skipped"] == {}
     assert data["resolution"] == [32, 32] and data["timing_only"] is False
     methods = [r["method"] for r in data["runs"]]
     assert methods == ["none", "freqca", "reuse", "taylor", "frdiff", "adaptive", "freqca-adaptive",
@@ -165,6 +167,24 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
             im.verify()
     assert "| method |" in (out / "table.md").read_text()
     assert result["runs"][0]["method"] == "none"
+
+
+def test_cli_runs_the_chosen_testbed(setup, tmp_path, monkeypatch):
+    """``--testbed photos``: its model, image size and prompt walks; FEB rows skipped (no table derived)."""
+    from freqca_lab.testbed import get_testbed
+    loaded = []
+    monkeypatch.setattr(bench, "load_testbed_model", lambda name: loaded.append(name) or setup)
+    bench.main(["--testbed", "photos", "--steps", "5", "--seeds", "2", "--intervals", "2", "--repeats", "1",
+                "--methods", "freqca,feb,adaptive", "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "o"),
+                "--no-progress"])
+    data = json.loads((tmp_path / "r.json").read_text())
+    bed, names = get_testbed("photos"), setup[1].names
+    assert loaded == ["photos"] and data["testbed"] == "photos" and data["resolution"] == [24, 40]
+    assert data["prompts"] == [names[p] for p in bed.report_prompts(2)]
+    assert data["calibration"]["prompts"] == [names[p] for p in bed.calib_prompts(2)]
+    assert [r["method"] for r in data["runs"]] == ["none", "freqca", "adaptive"]
+    assert "feb" in data["skipped"] and "photos" in data["skipped"]["feb"]
+    assert "**testbed photos**" in bench.report.markdown_table(data)
 
 
 def test_flux_timing_mode_with_a_tiny_model():

@@ -1,4 +1,5 @@
-"""The trained testbed: architecture split, ComfyUI Flux equivalence, data, schedule and shipped weights."""
+"""The trained testbeds: architecture split, ComfyUI Flux equivalence, data, schedule and shipped weights
+(the ``photos`` testbed's own checks are in ``test_testbeds.py``)."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from freqca_lab.testbed.data import PROMPTS, PromptTable, render, render_batch
-from freqca_lab.testbed.model import WEIGHTS_DIR, TinyFlux, TinyFluxConfig, load_testbed
+from freqca_lab.testbed import TESTBEDS, load_testbed
+from freqca_lab.testbed.model import WEIGHTS_DIR, TinyFlux, TinyFluxConfig
 from freqca_lab.testbed.sampling import euler_sample, flux_sigmas, seeded_noise
 
 SMALL = dict(vec_in_dim=8, context_in_dim=12, hidden_size=32, num_heads=2, depth=1, depth_single_blocks=2,
@@ -145,8 +147,9 @@ def test_matches_comfyui_flux(comfyui, overrides):
         assert (ours - theirs).abs().max() < 1e-4 * max(1.0, theirs.abs().max().item())
 
 
-def test_shipped_model_matches_comfyui_flux(comfyui, testbed):
-    model, table = testbed
+@pytest.mark.parametrize("name", sorted(TESTBEDS))
+def test_shipped_model_matches_comfyui_flux(comfyui, name):
+    model, table = load_testbed(name=name)
     reference = comfy_flux(model.config)
     reference.load_state_dict(model.state_dict())
     context, y = table([0, table.null_id])
