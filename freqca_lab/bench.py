@@ -4,8 +4,8 @@
 ``--model testbed`` (default): a shipped trained TinyFlux, held-out noise seeds and prompts, CFG 3;
 ``--testbed`` picks which (``shapes``: 32x32 procedural shapes, the default; ``photos``: 24x40 photo crops,
 a different architecture; see ``testbed/testbeds.py``). Image size and prompts follow the testbed. FEB-Cache
-rows need tables derived for the model (``febprobe``), shipped for ``shapes`` only; elsewhere they are
-skipped and the JSON's ``skipped`` says so.
+rows need tables derived for the model (``febprobe --testbed``, shipped for both); a testbed without them
+gets no FEB rows and the JSON's ``skipped`` says so.
 Runs ``none`` (uncached), FreqCa, reuse (FORA-like) and Taylor-2 (TaylorSeer-like) at warm-up 3 and
 intervals N (the same schedules, so the same full steps), and the output-space adaptive baseline with its
 threshold calibrated on *other* seeds and prompts to each of those full-step budgets. Fidelity (PSNR,

@@ -66,7 +66,7 @@ class Testbed:
 
     @property
     def feb_table(self) -> Path:
-        """FEB-Cache tables derived for this model by ``febprobe`` (shipped for ``shapes`` only)."""
+        """FEB-Cache tables derived for this model by ``febprobe --testbed NAME``."""
         return self.weights_dir / "feb_table.json"
 
     def load(self, device: str | torch.device = "cpu") -> tuple[TinyFlux, PromptTable]:

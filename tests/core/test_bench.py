@@ -170,21 +170,34 @@ def test_cli_json_and_pictures(setup, tmp_path, monkeypatch):
 
 
 def test_cli_runs_the_chosen_testbed(setup, tmp_path, monkeypatch):
-    """``--testbed photos``: its model, image size and prompt walks; FEB rows skipped (no table derived)."""
+    """``--testbed photos``: its model, image size, prompt walks and FEB tables; FEB rows are skipped, and the
+    JSON says so, where a testbed has no FEB table."""
+    from dataclasses import replace
+
+    from freqca_core.methods.feb import LEVELS
+    from freqca_lab.feb_tables import load_tables, pick_table
     from freqca_lab.testbed import get_testbed
     loaded = []
     monkeypatch.setattr(bench, "load_testbed_model", lambda name: loaded.append(name) or setup)
-    bench.main(["--testbed", "photos", "--steps", "5", "--seeds", "2", "--intervals", "2", "--repeats", "1",
-                "--methods", "freqca,feb,adaptive", "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "o"),
-                "--no-progress"])
+    argv = ["--testbed", "photos", "--steps", "5", "--seeds", "2", "--intervals", "2", "--repeats", "1",
+            "--methods", "freqca,feb,adaptive", "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    bench.main(argv)
     data = json.loads((tmp_path / "r.json").read_text())
     bed, names = get_testbed("photos"), setup[1].names
     assert loaded == ["photos"] and data["testbed"] == "photos" and data["resolution"] == [24, 40]
     assert data["prompts"] == [names[p] for p in bed.report_prompts(2)]
     assert data["calibration"]["prompts"] == [names[p] for p in bed.calib_prompts(2)]
+    assert [r["method"] for r in data["runs"]] == ["none", "freqca", "adaptive", "feb", "feb", "feb"]
+    tables, _ = load_tables(bed.feb_table)
+    assert [r["params"]["table"] for r in data["runs"][3:]] == [pick_table(tables, lv, 5).timeline(5) for lv in LEVELS]
+    assert data["skipped"] == {} and "**testbed photos**" in bench.report.markdown_table(data)
+
+    monkeypatch.setattr(bench, "get_testbed", lambda name: replace(get_testbed(name), weights_dir=tmp_path))
+    bench.main(argv)
+    data = json.loads((tmp_path / "r.json").read_text())
     assert [r["method"] for r in data["runs"]] == ["none", "freqca", "adaptive"]
-    assert "feb" in data["skipped"] and "photos" in data["skipped"]["feb"]
-    assert "**testbed photos**" in bench.report.markdown_table(data)
+    assert "feb_table.json absent" in data["skipped"]["feb"]
 
 
 def test_flux_timing_mode_with_a_tiny_model():
