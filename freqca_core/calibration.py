@@ -28,11 +28,9 @@ the adaptive schedule's weight), which make the search leave long cached stretch
 budget is spaced evenly (``placement="even"``, the default) or searched (``"searched"``, ``best_placement``:
 dynamic programming over which steps are full for an exact number of full steps, with the state the
 method's last ``history_size`` full steps, so the cost of every cached step is exact; gaps at most
-``max_gap``). Measured on the testbed (``freqca_lab.measure_auto``): the score ranks the *methods* on equal
-placements well (it picks the closed-loop best method at every budget), but the searched placements lose
-1-5 dB closed loop against even spacing at most budgets (the search leaves long cached stretches where the
-open-loop error underestimates the closed-loop drift), so the search is a measured alternative, not the
-default.
+``max_gap``). Measured on the two trained testbeds (``freqca_lab.measure_auto``, README "Calibration"): the
+searched placements lose closed loop to even spacing on one (by up to 4 dB) and win on the other (by up to
+5 dB); the open-loop score cannot tell which, so the predictable even spacing is the default.
 """
 from __future__ import annotations
 
