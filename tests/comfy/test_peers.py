@@ -8,8 +8,9 @@ import pytest
 from freqca_lab.comfy.harness import sample
 from freqca_lab.bench import CALIB_SEED_BASE, REPORT_SEED_BASE, calib_prompts, report_prompts
 from freqca_lab.comfy.harness import apply_node
-from freqca_lab.comfy.peers import (PACK, Row, best_within, count_block_work, image_set, markdown, node_inputs,
-                                    pack_settings, row_json, run_peer_node, summary)
+from freqca_lab.comfy.peers import (CALIBRATION_IMAGE, PACK, Row, best_within, count_block_work, image_set, markdown,
+                                    merged, node_inputs, pack_settings, row_from_json, row_json, run_peer_node,
+                                    summary)
 
 
 def row(source: str, budget: float | None, psnr: float | None, error: str | None = None, **settings) -> Row:
@@ -90,6 +91,33 @@ def test_counter_tells_computed_blocks_from_called_ones(comfyui, conds):
     assert (work.called, work.computed) == (3 * 5, 3 * 4)
 
 
+def test_the_sweep_takes_warm_ups_and_final_steps(pack):
+    settings = pack_settings(["res-taylor"], intervals=(4,), finals=(1, 2), warmups=(1, 3))
+    assert {(s["warmup_steps"], s["final_full_steps"], s["taylor_order"]) for s in settings} == {
+        (w, f, o) for w in (1, 3) for f in (1, 2) for o in (1, 2)}
+    assert all("warmup_steps" not in s for s in pack_settings(["reuse"], intervals=(4,)))  # the node's default
+
+
+def test_merge_keeps_earlier_rows_that_were_not_measured_again(tmp_path):
+    import json
+
+    header = {"steps": 5, "images": [(1, 2)]}
+    old = [row("pack", 0.3, 30.0, method="reuse", interval=4), row("pack", 0.2, float("inf"), method="auto"),
+           row("peer", 0.3, 20.0, t=1)]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"header": {**header, "images": [[1, 2]], "pack_commit": "abc"},
+                                "peers": [{"node": "Node", "pack": "peer pack"}, {"node": "Gone", "pack": "x"}],
+                                "rows": [row_json(r) for r in old]}))
+    assert [row_from_json(row_json(r)) for r in old] == old  # the JSON round trip, an infinite PSNR included
+    new = [row("pack", 0.3, 31.0, method="reuse", interval=4)]
+    rows, peers = merged(path, new, [{"node": "Node", "pack": "peer pack", "commit": "new"}], header)
+    assert [r.psnr for r in rows] == [float("inf"), 20.0, 31.0]  # the reuse row measured now replaces its old one
+    assert [p["node"] for p in peers] == ["Gone", "Node"] and peers[1]["commit"] == "new"
+    assert header["merged"][0]["pack_commit"] == "abc"
+    with pytest.raises(SystemExit, match="another step count"):
+        merged(path, new, [], {"steps": 6, "images": [(1, 2)]})
+
+
 def test_json_writes_an_infinite_psnr_as_null():
     exact = Row("pack", PACK, "Node", {}, budget=1.0, psnr=float("inf"), psnr_per_image=[float("inf"), 30.0])
     assert (row_json(exact)["psnr"], row_json(exact)["psnr_per_image"]) == (None, [None, 30.0])
@@ -97,6 +125,7 @@ def test_json_writes_an_infinite_psnr_as_null():
 
 def test_images_are_neither_the_benchmarks_reported_nor_its_calibration_ones():
     k = 12
+    assert CALIBRATION_IMAGE not in image_set(k)  # auto's first run is on none of the measured images
     bench_pairs = set(zip(range(REPORT_SEED_BASE, REPORT_SEED_BASE + k), report_prompts(k)))
     bench_pairs |= set(zip(range(CALIB_SEED_BASE, CALIB_SEED_BASE + k), calib_prompts(k)))
     seeds = [seed for seed, _ in image_set(k)]
