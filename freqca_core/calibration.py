@@ -172,8 +172,8 @@ class Candidate:
 
 # The registered methods whose forecasts are linear in their history (FEB-Cache's attention reuse is not), in
 # the order of preference among near ties (``TIE``): the residual forecasts first, because they follow the
-# current input in the run, which an open-loop score cannot see (README "Benchmark": res-taylor leads closed
-# loop at every budget of the testbed).
+# current input in the run, which an open-loop score cannot see (README "Benchmark": res-taylor leads the
+# CRF-level methods closed loop at every budget of both trained testbeds).
 CANDIDATES = (
     Candidate("res-taylor order 1", "res-taylor", {"taylor_order": 1}),
     Candidate("res-taylor order 2", "res-taylor", {"taylor_order": 2}),
