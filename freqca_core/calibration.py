@@ -220,33 +220,35 @@ class StepErrors:
     the CRF's, see ``CacheMethod.decode``) as a linear form per band, and the band split is an orthogonal
     projection, so the squared error is a quadratic form in the Gram matrices of ``low(S)`` and ``high(S)``
     over the steps (``_centred_gram``): the recording is read once here (once per way of encoding and
-    splitting with a shared ``grams`` dict) and a row costs ``O(J h^2)`` whatever the model's size. A
+    splitting with a shared ``cache``) and a row costs ``O(J h^2)`` whatever the model's size. A
     non-finite error counts as ``UNUSABLE_ERROR``; a method that encodes nothing (a residual without a
     recorded embedding) is not ``usable``."""
 
     def __init__(self, trajectory: Trajectory, method: LinearMethod, noise_weighted: bool = False,
-                 grams: dict | None = None) -> None:
+                 cache: dict | None = None) -> None:
+        """``cache``: shared by the candidates scored on one ``trajectory``; it keeps the Gram matrices per way
+        of encoding and splitting, the CRF norms and the output distances, each computed once."""
         self.trajectory, self.method = trajectory, method
         n, sigmas = trajectory.n_steps, trajectory.sigmas
         self.mix = getattr(method, "output_weight", None)  # FRDiff-like output mixing, if the method has it
-        grams = {} if grams is None else grams
+        cache = {} if cache is None else cache
         split = method.splitter
-        key = (type(method).encode, None if split is None else (split.cutoff, split.transform))
-        if key not in grams:
-            grams[key] = self._grams(method)
-        self.grams = grams[key]  # [S, bands, n + 1, n + 1] or None
+        key = ("grams", type(method).encode, None if split is None else (split.cutoff, split.transform))
+        if key not in cache:
+            cache[key] = self._grams(method)
+        self.grams = cache[key]  # [S, bands, n + 1, n + 1] or None
         self.usable = self.grams is not None
-        if "norms" not in grams:
-            grams["norms"] = torch.stack([torch.linalg.vector_norm(s.stacked("crfs").reshape(n, -1), dim=1,
+        if "norms" not in cache:
+            cache["norms"] = torch.stack([torch.linalg.vector_norm(s.stacked("crfs").reshape(n, -1), dim=1,
                                                                    dtype=torch.float64) ** 2
                                           for s in trajectory.streams.values()]).clamp_min(1e-24)  # [S, n]
-        self.norms = grams["norms"]
+        self.norms = cache["norms"]
         self.output_errors = None
         if self.mix is not None and all(s.outputs is not None for s in trajectory.streams.values()):
-            if "outputs" not in grams:
-                grams["outputs"] = torch.stack([_distances(_centred_gram(s.stacked("outputs").reshape(n, -1)))
+            if "outputs" not in cache:
+                cache["outputs"] = torch.stack([_distances(_centred_gram(s.stacked("outputs").reshape(n, -1)))
                                                 for s in trajectory.streams.values()])  # [S, n, n]
-            self.output_errors = grams["outputs"]
+            self.output_errors = cache["outputs"]
         self.weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * (
             noise_weight(sigma, sigmas[0]) if noise_weighted else 1.0) for sigma in sigmas], dtype=torch.float64)
 
@@ -442,10 +444,10 @@ def score_candidates(trajectory: Trajectory, budget: int, base, candidates: Sequ
     searched, tail = n - final, tuple(range(n - final, n))  # placed: the steps before the final ones
     gap = max_gap if max_gap is not None else default_max_gap(searched, budget - final)
     even = even_placement(searched, budget - final) + tail
-    scored, grams = [], {}
+    scored, cache = [], {}
     for candidate in candidates:
         method = candidate.build(base, transform)
-        errors = StepErrors(trajectory, method, noise_weighted, grams)
+        errors = StepErrors(trajectory, method, noise_weighted, cache)
         if not errors.usable:
             scored.append(Scored(candidate, even, math.inf, math.inf, even))
             continue

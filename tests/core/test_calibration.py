@@ -231,8 +231,14 @@ def test_calibrate_keeps_the_budget_and_reports_every_candidate():
         choice = calibrate(trajectory, budget, BASE)
         assert len(choice.full_steps) == budget and choice.full_steps[0] == 0
         assert set(choice.scores) == {c.label for c in CANDIDATES}
-        assert choice.score == min(choice.scores.values())
-        assert choice.score <= choice.even + 1e-12  # the search is never worse than even spacing
+        assert choice.score <= min(choice.scores.values()) * (1 + TIE)
+        assert choice.score == choice.even and choice.full_steps == even_placement(20, budget)  # the default
+        searched = calibrate(trajectory, budget, BASE, placement="searched")
+        assert searched.score <= searched.even + 1e-12  # the search is never worse than even spacing
+    shared = score_candidates(trajectory, 6, BASE, placement="searched")  # one cache of Gram matrices for all
+    for scored in shared:  # ... gives each candidate the score it gets alone
+        alone = score_candidates(trajectory, 6, BASE, [scored.candidate], placement="searched")[0]
+        assert (alone.score, alone.full_steps) == (scored.score, scored.full_steps)
 
 
 def test_the_configs_final_steps_are_full_within_the_budget():
