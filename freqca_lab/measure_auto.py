@@ -16,7 +16,6 @@ placements, and the calibration's time and recorded memory against the uncached 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
@@ -29,6 +28,7 @@ from freqca_core.methods.frdiff import GateSchedule
 
 from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, recorder_bytes
 from .metrics import fidelity
+from .report import write_json
 from .runner import generate
 from .testbed.testbeds import add_testbed_argument, get_testbed
 
@@ -139,10 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"    {r['candidate']:20s} {r['placement']:8s} score {r['score']:.4f}  PSNR {r['psnr']:.2f}  "
                   f"{r['full_steps']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
     return result
-
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ these configurations and of the node's fixed default.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +26,7 @@ from freqca_core.methods.frdiff import GateSchedule
 from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT
 from .measure_auto import fixed_fitting, spearman
 from .metrics import fidelity
+from .report import write_json
 from .perlayer import spread_steps
 from .runner import generate
 from .testbed.testbeds import add_testbed_argument, get_testbed
@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"best {best['candidate']}/{best['placement']} {best['reported']:.2f}, node default "
               f"{entry['node_default']:.2f}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
     return result
 
 
