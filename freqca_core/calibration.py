@@ -84,6 +84,12 @@ class Trajectory:
     def n_steps(self) -> int:
         return len(self.sigmas)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the recording as ``TrajectoryRecorder`` kept it (fp16)."""
+        return sum(t.numel() * 2 for s in self.streams.values()
+                   for t in s.crfs + (s.embeddings or []) + (s.outputs or []))
+
 
 class TrajectoryRecorder:
     """Collects the CRFs and embeddings (projected, fp16, CPU) and outputs of every step of an uncached run."""

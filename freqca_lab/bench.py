@@ -125,9 +125,16 @@ class Budgeted:
                   "target_full_steps": n_full}
         if self.schedule == "spread":
             return spread_schedule(steps, n_full, warmup, self.final), params
-        interval = next((n for n in range(1, steps + 1)
-                         if len(FixedSchedule(warmup, n, self.final).full_steps(steps)) <= n_full), steps)
-        return FixedSchedule(warmup, interval, self.final), {**params, "interval": interval}
+        schedule = fixed_fitting(warmup, self.final, n_full, steps)
+        return schedule, {**params, "interval": schedule.interval}
+
+
+def fixed_fitting(warmup: int, final: int, budget: int, steps: int) -> FixedSchedule:
+    """The node's fixed schedule with the smallest interval whose full steps of ``steps`` fit ``budget``
+    (interval ``steps`` if none does)."""
+    interval = next((n for n in range(1, steps + 1)
+                     if len(FixedSchedule(warmup, n, final).full_steps(steps)) <= budget), steps)
+    return FixedSchedule(warmup, interval, final)
 
 
 def _res_taylor(order: int) -> Callable[[StepSchedule], CacheController]:
@@ -232,17 +239,11 @@ def auto_configs(model, table, spec: Spec, budgets: list[int], progress: Progres
         params = {"final_full_steps": 1, "target_full_steps": budget, "chosen": choice.label,
                   "chosen_full_steps": list(choice.full_steps), "predicted_error": choice.score,
                   "predicted_even": choice.even, "scores": choice.scores, "choose_s": round(choose_s, 3),
-                  "recorded_run_s": round(recorded.wall_s, 3), "recording_bytes": recorder_bytes(recorder.trajectory)}
+                  "recorded_run_s": round(recorded.wall_s, 3), "recording_bytes": recorder.trajectory.nbytes}
         method = Candidate(choice.label, choice.method, choice.params)
         configs.append(Config("auto", params, budget, lambda c=choice: CacheController(*chosen(c, cache)),
                               lambda m=method: CacheController(m.build(cache), FixedSchedule(warmup=1, interval=1000))))
     return configs
-
-
-def recorder_bytes(trajectory) -> int:
-    """Bytes of a calibration recording as stored (fp16)."""
-    return sum(t.numel() * 2 for s in trajectory.streams.values()
-               for t in s.crfs + (s.embeddings or []) + (s.outputs or []))
 
 
 def calibrate(model, table, spec: Spec, budgets: list[int], progress: Progress, size: tuple[int, int],

@@ -26,7 +26,7 @@ from freqca_core.calibration import calibrate, score_candidates
 from freqca_core.methods.auto import AllFull, RecordingMethod
 from freqca_core.methods.frdiff import GateSchedule
 
-from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, recorder_bytes
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, fixed_fitting
 from .metrics import fidelity
 from .report import write_json
 from .runner import generate
@@ -52,12 +52,6 @@ def spearman(a: list[float], b: list[float]) -> float:
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
     var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
     return cov / var if var else float("nan")
-
-
-def fixed_fitting(warmup: int, final: int, budget: int, n: int) -> FixedSchedule:
-    """The node's fixed schedule with the smallest interval whose full steps fit ``budget``."""
-    return next(FixedSchedule(warmup, k, final) for k in range(1, n + 1)
-                if len(FixedSchedule(warmup, k, final).full_steps(n)) <= budget)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     trajectory = recorder.trajectory
     reference = run(report[1], report[0], None).images
     result = {"testbed": bed.name, "steps": n, "seeds": args.seeds, "threads": args.threads,
-              "recording_mb": round(recorder_bytes(trajectory) / 2 ** 20, 2),
+              "recording_mb": round(trajectory.nbytes / 2 ** 20, 2),
               "uncached_s": round(uncached_calib.wall_s, 2), "recorded_s": round(recorded.wall_s, 2),
               "budgets": []}
     print(f"calibration run: {recorded.wall_s:.2f} s recorded vs {uncached_calib.wall_s:.2f} s uncached; "

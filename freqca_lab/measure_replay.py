@@ -23,8 +23,8 @@ from freqca_core.calibration import CANDIDATES, calibrate, score_candidates
 from freqca_core.methods.auto import AllFull, RecordingMethod
 from freqca_core.methods.frdiff import GateSchedule
 
-from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT
-from .measure_auto import fixed_fitting, spearman
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, fixed_fitting
+from .measure_auto import spearman
 from .metrics import fidelity
 from .report import write_json
 from .perlayer import spread_steps

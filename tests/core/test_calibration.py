@@ -218,6 +218,7 @@ def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
     assert recorder.nbytes == 6 * (2 * 16 * 64 + 48) * 2
     trajectory = recorder.trajectory(6)
     assert trajectory.n_steps == 6 and trajectory.streams["cond"].outputs is not None
+    assert trajectory.nbytes == recorder.nbytes  # the float32 copy counts as the fp16 recording
     # the projection is linear: what the blocks add is linear in sigma, so res-taylor order 1 stays (nearly:
     # fp16) exact while taylor order 1 on the CRF, whose embedding part is random, does not
     res = StepErrors(trajectory, Candidate("r", "res-taylor", {"taylor_order": 1}).build(BASE)).row
