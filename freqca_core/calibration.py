@@ -2,13 +2,13 @@
 
 **Recording** (``TrajectoryRecorder``): at every step of an uncached run, the CRF ``[b, L, D]`` of each
 stream and the embedding it started from (the image rows entering the first block) are kept on the CPU in
-fp16 after a fixed random projection of ``D`` to ``PROJECTED_DIMS`` (64) dimensions (``[b, L, 64]``), with
-the model output ``[b, ...]`` of the call (for methods that mix outputs). Every candidate's forecast is
+fp16 after a fixed random projection of ``D`` to ``PROJECTED_DIMS`` (64) dimensions (``[b, L, 64]``). Every
+candidate's forecast is
 linear in its history, its band split acts on the token axis and its stored quantity is the CRF or the CRF
 minus the embedding, so forecasting the projected tensors equals projecting the forecast; a Gaussian
 projection keeps the relative error's scale. Memory for FLUX.1-dev at 1024² (4096 image tokens, D = 3072,
-16 x 128 x 128 latent) and 50 steps, one stream (no CFG): 4096 x 64 x 2 B = 0.5 MiB each of CRF, embedding
-and output per step, **75 MiB per run** (150 MiB with CFG's two streams), against 1.2 GiB per stream for the
+16 x 128 x 128 latent) and 50 steps, one stream (no CFG): 4096 x 64 x 2 B = 0.5 MiB each of CRF and
+embedding per step, **50 MiB per run** (100 MiB with CFG's two streams), against 1.2 GiB per stream for the
 unprojected fp16 CRFs alone.
 
 **Scoring** (``calibrate``): open loop, for each ``Candidate`` (a registered method and its parameters) and
@@ -16,9 +16,11 @@ a placement of the full steps, each cached step ``j`` is forecast by the method'
 (``LinearMethod.band_weights``) from the recorded steps of the full steps before it (the method's
 ``history_size`` newest), with ``e_j`` its relative L2 error against the recorded CRF (from Gram matrices:
 ``StepErrors``), times ``IMAGE_PER_CRF_ERROR * sigma_0`` (measured on the testbed: caching one step changes
-the image by about 0.13 x sigma x the relative CRF error). A method that mixes the last full output into a
-cached call's (FRDiff: ``output_weight``) is scored ``(1 - w) e_j + w o_j``, ``o_j`` the relative error of
-the last full output against the recorded one. Averaged over streams, a cached step's cost counts ``m - j``
+the image by about 0.13 x sigma x the relative CRF error). A method that also mixes the last full output
+into a cached call's (FRDiff) is scored by its CRF forecast alone (FRDiff's: reuse), the mixed output counted
+as the stale CRF it came from: an output's relative error is not in the CRF's units (on the testbeds it is
+0.35-1.0 times the CRF's for the same two steps, so counting it as is favoured FRDiff by 7-20 %), and closed
+loop FRDiff lands within 0.2 dB of reuse at every measured budget. Averaged over streams, a cached step's cost counts ``m - j``
 times, ``m`` the next full step (``compounding``: its drift lasts until a full step corrects it), and every
 step alike. Measured on the testbed (``freqca_lab.measure_auto``), this ranks closed-loop results better than
 counting each step once or weighting it by its noise level (``noise_weighted``: ``adaptive.noise_weight``,
@@ -56,17 +58,16 @@ UNUSABLE_ERROR = 1e6  # the relative error counted for a non-finite forecast (fi
 
 @dataclass
 class StreamTrajectory:
-    """One stream's recorded run: per step, the projected CRF ``[b, L, k]`` (float32), the projected embedding
-    of the image rows entering the first block ``[b, L, k]`` and the output, if recorded."""
+    """One stream's recorded run: per step, the projected CRF ``[b, L, k]`` (float32) and, if recorded, the
+    projected embedding of the image rows entering the first block ``[b, L, k]``."""
 
     layout: TokenLayout
     crfs: list[torch.Tensor]
     embeddings: list[torch.Tensor] | None
-    outputs: list[torch.Tensor] | None
     _stacks: dict = field(default_factory=dict, repr=False, compare=False)
 
     def stacked(self, name: str) -> torch.Tensor | None:
-        """``crfs``, ``embeddings`` or ``outputs`` as one ``[n, ...]`` tensor (stacked once: read-only after)."""
+        """``crfs`` or ``embeddings`` as one ``[n, ...]`` tensor (stacked once: read-only after)."""
         if name not in self._stacks:
             values = getattr(self, name)
             self._stacks[name] = None if values is None else torch.stack(values)
@@ -88,11 +89,11 @@ class Trajectory:
     def nbytes(self) -> int:
         """Bytes of the recording as ``TrajectoryRecorder`` kept it (fp16)."""
         return sum(t.numel() * 2 for s in self.streams.values()
-                   for t in s.crfs + (s.embeddings or []) + (s.outputs or []))
+                   for t in s.crfs + (s.embeddings or []))
 
 
 class TrajectoryRecorder:
-    """Collects the CRFs and embeddings (projected, fp16, CPU) and outputs of every step of an uncached run."""
+    """Collects the CRFs and embeddings (projected, fp16, CPU) of every step of an uncached run."""
 
     def __init__(self, dims: int = PROJECTED_DIMS, seed: int = PROJECTION_SEED) -> None:
         self.dims = check_int("dims", dims, 1)
@@ -100,7 +101,6 @@ class TrajectoryRecorder:
         self.sigmas: dict[int, float] = {}
         self.crfs: dict[Hashable, dict[int, torch.Tensor]] = {}
         self.embeddings: dict[Hashable, dict[int, torch.Tensor]] = {}
-        self.outputs: dict[Hashable, dict[int, torch.Tensor]] = {}
         self.layouts: dict[Hashable, TokenLayout] = {}
         self._projection: torch.Tensor | None = None
 
@@ -116,20 +116,18 @@ class TrajectoryRecorder:
         return crf.to("cpu", torch.float16)
 
     def add(self, step: int, sigma: float, stream: Hashable, layout: TokenLayout, crf: torch.Tensor,
-            embedding: torch.Tensor | None = None, output: torch.Tensor | None = None) -> None:
-        """Record the computed CRF ``[b, L, D]`` (and the embedding ``[b, L, D]`` it started from, and the model
-        output ``[b, ...]``) of ``stream`` at ``step``."""
+            embedding: torch.Tensor | None = None) -> None:
+        """Record the computed CRF ``[b, L, D]`` (and the embedding ``[b, L, D]`` it started from) of ``stream``
+        at ``step``."""
         self.sigmas[step] = float(sigma)
         self.layouts[stream] = layout
         self.crfs.setdefault(stream, {})[step] = self.project(crf)
         if embedding is not None and embedding.shape == crf.shape:
             self.embeddings.setdefault(stream, {})[step] = self.project(embedding)
-        if output is not None:
-            self.outputs.setdefault(stream, {})[step] = output.detach().to("cpu", torch.float16)
 
     @property
     def nbytes(self) -> int:
-        stores = (*self.crfs.values(), *self.embeddings.values(), *self.outputs.values())
+        stores = (*self.crfs.values(), *self.embeddings.values())
         tensors = [t for per in stores for t in per.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -143,12 +141,11 @@ class TrajectoryRecorder:
             if any(i not in crfs for i in steps):
                 return None
             streams[key] = StreamTrajectory(self.layouts[key], [crfs[i].float() for i in steps],
-                                            _every_step(self.embeddings.get(key, {}), steps),
-                                            _every_step(self.outputs.get(key, {}), steps))
+                                            _every_step(self.embeddings.get(key, {}), steps))
         return Trajectory([self.sigmas[i] for i in steps], streams)
 
     def clear(self) -> None:
-        for store in (self.sigmas, self.crfs, self.embeddings, self.outputs, self.layouts):
+        for store in (self.sigmas, self.crfs, self.embeddings, self.layouts):
             store.clear()
 
 
@@ -207,20 +204,11 @@ def _centred_gram(x: torch.Tensor) -> torch.Tensor:
     return (rows @ rows.T).double()
 
 
-def _distances(gram: torch.Tensor) -> torch.Tensor:
-    """``_centred_gram`` of ``n`` rows -> ``d[a, j] = |x_a - x_j| / |x_j|`` ``[n, n]``."""
-    n = gram.shape[0] - 1
-    varying, mean = gram[:n, :n], gram[:n, n]
-    diag = varying.diagonal()
-    squared = (diag[:, None] - 2 * varying + diag[None, :]).clamp_min(0)
-    norms = diag + 2 * mean + gram[n, n]  # |x_j|^2 = |x_j - mean|^2 + 2 <x_j - mean, mean> + |mean|^2
-    return squared.sqrt() / norms.clamp_min(1e-24).sqrt()[None, :]
-
-
 class StepErrors:
     """``row(history, stop)`` (a ``Row``) for a ``LinearMethod`` on ``trajectory``: per cached step ``j``, the
     image error ``IMAGE_PER_CRF_ERROR * sigma_0 * e_j`` (times ``noise_weight(sigma_j)`` if ``noise_weighted``)
-    averaged over the streams, ``e_j`` the relative L2 error of the method's forecast of the CRF.
+    averaged over the streams, ``e_j`` the relative L2 error of the method's forecast of the CRF (a method's
+    output mixing, if any, is not scored: see the module docstring).
 
     The method forecasts its stored quantity ``S`` (``encode`` of the recorded CRF and embedding; its error is
     the CRF's, see ``CacheMethod.decode``) as a linear form per band, and the band split is an orthogonal
@@ -233,10 +221,9 @@ class StepErrors:
     def __init__(self, trajectory: Trajectory, method: LinearMethod, noise_weighted: bool = False,
                  cache: dict | None = None) -> None:
         """``cache``: shared by the candidates scored on one ``trajectory``; it keeps the Gram matrices per way
-        of encoding and splitting, the CRF norms and the output distances, each computed once."""
+        of encoding and splitting and the CRF norms, each computed once."""
         self.trajectory, self.method = trajectory, method
         n, sigmas = trajectory.n_steps, trajectory.sigmas
-        self.mix = getattr(method, "output_weight", None)  # FRDiff-like output mixing, if the method has it
         cache = {} if cache is None else cache
         split = method.splitter
         key = ("grams", type(method).encode, None if split is None else (split.cutoff, split.transform))
@@ -249,12 +236,6 @@ class StepErrors:
                                                                    dtype=torch.float64) ** 2
                                           for s in trajectory.streams.values()]).clamp_min(1e-24)  # [S, n]
         self.norms = cache["norms"]
-        self.output_errors = None
-        if self.mix is not None and all(s.outputs is not None for s in trajectory.streams.values()):
-            if "outputs" not in cache:
-                cache["outputs"] = torch.stack([_distances(_centred_gram(s.stacked("outputs").reshape(n, -1)))
-                                                for s in trajectory.streams.values()])  # [S, n, n]
-            self.output_errors = cache["outputs"]
         self.weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * (
             noise_weight(sigma, sigmas[0]) if noise_weighted else 1.0) for sigma in sigmas], dtype=torch.float64)
 
@@ -289,9 +270,6 @@ class StepErrors:
         g = self.grams[:, :, index[:, :, None], index[:, None, :]]  # [S, bands, J, h + 2, h + 2]
         squared = torch.einsum("jbh,sbjhk,jbk->sj", c, g, c)
         e = squared.clamp_min(0).sqrt() / self.norms[:, steps].sqrt()
-        if self.output_errors is not None:
-            mix = torch.tensor([self.mix(j, n) for j in steps], dtype=torch.float64)
-            e = (1 - mix) * e + mix * self.output_errors[:, history[0], steps]
         e = torch.nan_to_num(e, nan=UNUSABLE_ERROR).clamp_max(UNUSABLE_ERROR).mean(0)
         return (self.weights[steps] * e).tolist()
 

@@ -1,17 +1,20 @@
 """How well calibration (method ``auto``) chooses on the testbed: ``python3 -m freqca_lab.measure_auto
-[--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--threads 1] [--gap-slack K] [--noise-weighted] [--no-compounding]
-[--json PATH] [--testbed shapes|photos]``.
+[--steps 50] [--intervals 3 4 6 9] [--seeds 2] [--report-seeds 16] [--threads 1] [--gap-slack K]
+[--noise-weighted] [--no-compounding] [--json PATH] [--testbed shapes|photos]``.
 
-One uncached run on the benchmark's calibration seeds and prompts is recorded (``RecordingMethod``, the node's
-first run); at each budget (the full-step count of the fixed schedule, warm-up 3, at each interval) every
-candidate is scored open loop on evenly spaced full steps and on the searched placement (``best_placement``),
-the last step full in both (as the node runs auto). Each (candidate, placement) is then run closed loop on the
-reported seeds and prompts and its PSNR measured against the uncached images. Printed per budget: the
-Spearman rank correlation of score and PSNR over those runs and over the even placements alone, ``auto``'s PSNR
-(the candidate calibration chose, evenly spaced), the best PSNR of all runs (brute force over these
-configurations), the node's fixed default (res-taylor order 1, warm-up 1, every N steps, last step full, the
-smallest N that fits the budget) and the paper's FreqCa (warm-up 3, every N), searched against evenly spaced
-placements, and the calibration's time and recorded memory against the uncached run.
+One uncached run on ``--seeds`` of the benchmark's calibration seeds and prompts is recorded
+(``RecordingMethod``, the node's first run); at each budget (the full-step count of the fixed schedule, warm-up
+3, at each interval) every candidate is scored open loop on evenly spaced full steps and on the searched
+placement (``best_placement``), the last step full in both (as the node runs auto). Each (candidate, placement)
+is then run closed loop on ``--report-seeds`` reported seeds and prompts and its PSNR measured against the
+uncached images. Printed per budget: the Spearman rank correlation of score and PSNR over those runs and over
+the even placements alone, ``auto``'s PSNR (the candidate calibration chose, evenly spaced), the brute-force
+best over these configurations twice — the best mean PSNR of all runs (picked and measured on the same seeds,
+so it gains from their noise) and held out (picked on one half of the reported seeds, measured on the other,
+both ways, averaged) —, the node's fixed default (res-taylor order 1, warm-up 1, every N steps, last step full,
+the smallest N that fits the budget) with the standard error of ``auto`` minus it (paired over the seeds), the
+paper's FreqCa (warm-up 3, every N), searched against evenly spaced placements, and the calibration's time and
+recorded memory against the uncached run.
 """
 from __future__ import annotations
 
@@ -54,11 +57,41 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / var if var else float("nan")
 
 
+def measured(row: dict, per_seed: list[float]) -> dict:
+    """``row`` with its reported seeds' PSNRs and their mean ``psnr``."""
+    return {**row, "psnr": sum(per_seed) / len(per_seed), "psnr_per_seed": per_seed}
+
+
+def held_out_best(rows: list[dict]) -> dict:
+    """Brute force without the reported seeds' luck: the row with the best mean PSNR on one half of the seeds
+    (even and odd positions), measured on the other half; both ways, ``psnr`` their mean, ``picks`` the rows."""
+    seeds = len(rows[0]["psnr_per_seed"])
+    halves = [list(range(0, seeds, 2)), list(range(1, seeds, 2))]
+    if not halves[1]:
+        raise ValueError("the held-out best needs at least 2 reported seeds")
+
+    def mean_on(row: dict, half: list[int]) -> float:
+        return sum(row["psnr_per_seed"][i] for i in half) / len(half)
+
+    picks = [max(rows, key=lambda r: mean_on(r, pick_on)) for pick_on in halves]
+    values = [mean_on(row, halves[1 - k]) for k, row in enumerate(picks)]
+    return {"psnr": sum(values) / 2, "picks": [f"{r['candidate']}/{r['placement']}" for r in picks]}
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired seeds and its standard error."""
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return mean, math.sqrt(var / len(d))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--intervals", type=int, nargs="+", default=[3, 4, 6, 9])
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="calibration seeds (the recorded run's batch)")
+    parser.add_argument("--report-seeds", type=int, default=16, help="reported seeds (even: halves for held out)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gap-slack", type=int, default=None,
                         help="search gaps of at most ceil(steps / full steps) + this (default: default_max_gap)")
@@ -76,17 +109,18 @@ def main(argv: list[str] | None = None) -> dict:
     def run(prompts, seeds, controller):
         return generate(model, prompts, seeds, n, CFG, controller, table=table, shift=SHIFT, size=bed.size)
 
-    def psnr_of(images) -> float:
-        return sum(fidelity(images, reference)["psnr"]) / args.seeds
+    def psnr_of(images) -> list[float]:
+        return fidelity(images, reference)["psnr"]
 
     calib = ([CALIB_SEED_BASE + i for i in range(args.seeds)], bed.calib_prompts(args.seeds))
-    report = ([REPORT_SEED_BASE + i for i in range(args.seeds)], bed.report_prompts(args.seeds))
+    report = ([REPORT_SEED_BASE + i for i in range(args.report_seeds)], bed.report_prompts(args.report_seeds))
     recorder = RecordingMethod(n, None, CacheConfig())
     uncached_calib = run(calib[1], calib[0], None)
     recorded = run(calib[1], calib[0], CacheController(recorder, AllFull()))
     trajectory = recorder.trajectory
     reference = run(report[1], report[0], None).images
-    result = {"testbed": bed.name, "steps": n, "seeds": args.seeds, "threads": args.threads,
+    result = {"testbed": bed.name, "steps": n, "seeds": args.seeds, "report_seeds": args.report_seeds,
+              "threads": args.threads,
               "recording_mb": round(trajectory.nbytes / 2 ** 20, 2),
               "uncached_s": round(uncached_calib.wall_s, 2), "recorded_s": round(recorded.wall_s, 2),
               "budgets": []}
@@ -105,28 +139,36 @@ def main(argv: list[str] | None = None) -> dict:
         for s in scored:
             for kind, steps, score in (("even", s.even_steps, s.even), ("searched", s.full_steps, s.score)):
                 controller = CacheController(s.candidate.build(base), GateSchedule.from_steps(steps, n))
-                rows.append({"candidate": s.candidate.label, "placement": kind, "full_steps": list(steps),
-                             "score": score, "psnr": psnr_of(run(report[1], report[0], controller).images)})
+                rows.append(measured({"candidate": s.candidate.label, "placement": kind, "full_steps": list(steps),
+                                      "score": score}, psnr_of(run(report[1], report[0], controller).images)))
         auto = next(r for r in rows if r["candidate"] == choice.label and r["placement"] == "even")
+        searched_choice = calibrate(trajectory, budget, base, placement="searched")
+        auto_searched = next(r for r in rows if r["candidate"] == searched_choice.label and r["placement"] == "searched")
         best = max(rows, key=lambda r: r["psnr"])
         node = fixed_fitting(1, 1, budget, n)
-        default = {"schedule": node.label, "psnr": psnr_of(run(report[1], report[0], CacheController(
-            CacheConfig(method="res-taylor", taylor_order=1).new_method(), node)).images)}
-        paper = {"schedule": FixedSchedule(WARMUP, interval).label, "psnr": psnr_of(run(report[1], report[0], (
-            CacheConfig(warmup=WARMUP, interval=interval).new_controller(n))).images)}
+        default = measured({"schedule": node.label}, psnr_of(run(report[1], report[0], CacheController(
+            CacheConfig(method="res-taylor", taylor_order=1).new_method(), node)).images))
+        paper = measured({"schedule": FixedSchedule(WARMUP, interval).label}, psnr_of(run(report[1], report[0], (
+            CacheConfig(warmup=WARMUP, interval=interval).new_controller(n))).images))
         rho = spearman([-r["score"] for r in rows], [r["psnr"] for r in rows])
         evens = [r for r in rows if r["placement"] == "even"]
         rho_even = spearman([-r["score"] for r in evens], [r["psnr"] for r in evens])
         searched = [r["psnr"] for r in rows if r["placement"] == "searched"]
         even = [r["psnr"] for r in evens]
+        heldout = held_out_best(rows)
+        gap_default, gap_se = paired_difference(auto["psnr_per_seed"], default["psnr_per_seed"])
         entry = {"interval": interval, "budget": budget, "spearman": rho, "spearman_even": rho_even,
-                 "choose_s": round(choose_s, 3), "auto": auto, "best": best, "node_default": default,
+                 "choose_s": round(choose_s, 3), "auto": auto, "auto_searched": auto_searched, "best": best,
+                 "best_held_out": heldout,
+                 "auto_minus_default_db": gap_default, "auto_minus_default_se": gap_se, "node_default": default,
                  "paper_freqca": paper, "rows": rows,
                  "searched_minus_even_db": sum(a - b for a, b in zip(searched, even)) / len(searched)}
         result["budgets"].append(entry)
         print(f"{budget} full steps (interval {interval}): spearman {rho:+.2f} (even placements {rho_even:+.2f}); "
-              f"auto {auto['candidate']} {auto['psnr']:.2f} dB; best {best['candidate']}/{best['placement']} "
-              f"{best['psnr']:.2f} dB; node default {default['psnr']:.2f} dB; paper's FreqCa {paper['psnr']:.2f} dB; "
+              f"auto {auto['candidate']} {auto['psnr']:.2f} dB (searched placement: {auto_searched['candidate']} "
+              f"{auto_searched['psnr']:.2f} dB); best {best['candidate']}/{best['placement']} "
+              f"{best['psnr']:.2f} dB (held out {heldout['psnr']:.2f} dB); node default {default['psnr']:.2f} dB "
+              f"(auto - default {gap_default:+.2f} +- {gap_se:.2f} dB); paper's FreqCa {paper['psnr']:.2f} dB; "
               f"searched - even {entry['searched_minus_even_db']:+.2f} dB (mean over candidates); "
               f"choosing took {choose_s:.3f} s")
         for r in sorted(rows, key=lambda r: -r["psnr"]):

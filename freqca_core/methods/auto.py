@@ -2,8 +2,8 @@
 
 Without a chosen configuration (``CacheConfig.choice``; or one made for another step count or number of full
 steps) the run is the calibration: every step is computed in full, so its output is the uncached one, and
-``RecordingMethod`` records each call's CRF and output (through its ``encode`` and ``finish_call`` hooks). At the run's end it
-picks the candidate and the placement of the full steps with the least predicted error for the number of
+``RecordingMethod`` records each call's CRF and embedding (through its ``encode`` and ``finish_call`` hooks).
+At the run's end it picks the candidate and the placement of the full steps with the least predicted error for the number of
 full steps the fixed schedule of the config would compute (the user's speed), and hands the ``Choice`` to
 ``CacheConfig.on_choice`` (the node stores it as a profile). With a choice, the run uses the chosen method on
 the chosen full steps (a ``GateSchedule``).
@@ -41,7 +41,7 @@ class AllFull(StepSchedule):
 
 class RecordingMethod(CacheMethod):
     """The calibration run's method: never forecasts; records every computed CRF ``[B, L, D]`` and the
-    embedding it started from (projected, see ``TrajectoryRecorder``) and output per stream, and calibrates at
+    embedding it started from (projected, see ``TrajectoryRecorder``) per stream, and calibrates at
     ``end_run``."""
 
     name = "auto"
@@ -68,15 +68,14 @@ class RecordingMethod(CacheMethod):
         return crf
 
     def finish_call(self, plan, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """Record the call's CRF and embedding (kept by ``encode``) and output per stream; the output is
-        unchanged."""
+        """Record the call's CRF and embedding (kept by ``encode``) per stream; the output is unchanged."""
         pending, self.pending = self.pending, None
         if plan.full and plan.step is not None and pending is not None:
             crf, embedding = pending
             k = len(plan.streams)
             embeddings = embedding.chunk(k, dim=0) if embedding is not None else [None] * k
-            for key, chunk, rows, output in zip(plan.streams, crf.chunk(k, dim=0), embeddings, out.chunk(k, dim=0)):
-                self.recorder.add(plan.step, plan.sigma, key, plan.layout, chunk, rows, output)
+            for key, chunk, rows in zip(plan.streams, crf.chunk(k, dim=0), embeddings):
+                self.recorder.add(plan.step, plan.sigma, key, plan.layout, chunk, rows)
         return out
 
     def end_run(self) -> dict[str, int]:

@@ -32,19 +32,18 @@ def polynomial_trajectory(n: int, degree: int, streams: int = 1, seed: int = 0,
         embeddings = [torch.randn(1, 16, 8, generator=gen) for _ in sigmas]
         if residual:
             crfs = [c + e for c, e in zip(crfs, embeddings)]
-        per[s] = StreamTrajectory(LAYOUT, crfs, embeddings, None)
+        per[s] = StreamTrajectory(LAYOUT, crfs, embeddings)
     return Trajectory(sigmas, per)
 
 
-def random_trajectory(n: int, streams: int = 2, seed: int = 0, outputs: bool = False) -> Trajectory:
-    """A recorded run of random CRFs and embeddings ``[2, 16, 8]`` (and outputs ``[2, 3, 4, 4]``)."""
+def random_trajectory(n: int, streams: int = 2, seed: int = 0) -> Trajectory:
+    """A recorded run of random CRFs and embeddings ``[2, 16, 8]``."""
     gen = torch.Generator().manual_seed(seed)
     sigmas = runs.flux_sigmas(n)[:-1]
     drift = [torch.randn(2, 16, 8, generator=gen) for _ in range(streams)]
     per = {s: StreamTrajectory(
         LAYOUT, [drift[s] * (1 + sigma) + 0.3 * torch.randn(2, 16, 8, generator=gen) for sigma in sigmas],
-        [torch.randn(2, 16, 8, generator=gen) for _ in sigmas],
-        [torch.randn(2, 3, 4, 4, generator=gen) for _ in sigmas] if outputs else None) for s in range(streams)}
+        [torch.randn(2, 16, 8, generator=gen) for _ in sigmas]) for s in range(streams)}
     return Trajectory(sigmas, per)
 
 
@@ -133,7 +132,7 @@ def test_scores_are_the_forecast_errors_the_run_would_make(candidate):
     would serve (the method's ``predict`` on its encoded history, decoded with the step's embedding)."""
     from freqca_core import CRFHistory
 
-    trajectory = random_trajectory(12, outputs=True)
+    trajectory = random_trajectory(12)
     method = candidate.build(BASE)
     row = StepErrors(trajectory, method).row
     sigmas = trajectory.sigmas
@@ -146,10 +145,7 @@ def test_scores_are_the_forecast_errors_the_run_would_make(candidate):
                 for k in reversed(history_steps[:method.history_size]):
                     history.push(sigmas[k], k, method.encode(stream.crfs[k], stream.embeddings[k]))
                 crf = method.decode(method.predict(history, sigmas[j], LAYOUT), stream.embeddings[j])
-                e = relative_l2(crf, stream.crfs[j])
-                weight = getattr(method, "output_weight", lambda *_: 0.0)(j, 12)
-                errors.append((1 - weight) * e + weight * relative_l2(stream.outputs[history_steps[0]],
-                                                                      stream.outputs[j]))
+                errors.append(relative_l2(crf, stream.crfs[j]))
             expected.append(0.13 * sigmas[0] * sum(errors) / len(errors))
         assert row(history_steps, stop) == pytest.approx(expected, rel=1e-4)
 
@@ -183,21 +179,18 @@ def test_errors_weigh_the_relative_crf_error_alike_or_by_sigma():
     assert uniform((0,), 4) == pytest.approx([0.13 * sigmas[0] * e for e in rel], rel=1e-5)
 
 
-def test_frdiff_mixes_the_last_full_output_error_in_by_its_weight():
-    trajectory = polynomial_trajectory(10, 1)
-    gen = torch.Generator().manual_seed(3)
-    stream = trajectory.streams[0]
-    stream.outputs = [torch.randn(1, 3, 4, 4, generator=gen) for _ in range(10)]
+def test_frdiff_is_scored_as_its_crf_reuse():
+    """FRDiff's output mixing is not scored (its relative output error is not in the CRF's units; closed loop it
+    lands with reuse): its score is its CRF forecast's, reuse's, so the tie goes to reuse."""
+    trajectory = random_trajectory(10)
     frdiff, reuse = (Candidate(m, m).build(BASE) for m in ("frdiff", "reuse"))
+    assert frdiff.output_weight(2, 10) == 1.0  # FRDiff would serve the last full output at step 2
     f, r = StepErrors(trajectory, frdiff).row, StepErrors(trajectory, reuse).row
-    out = relative_l2(stream.outputs[0], stream.outputs[2])
-    w = frdiff.output_weight(2, 10)
-    scale = 0.13 * trajectory.sigmas[0]  # every step alike (the default weighting)
-    assert w == 1.0 and f((0,), 3)[-1] == pytest.approx(scale * out, rel=1e-5)
-    assert frdiff.output_weight(9, 10) == 0.0 and f((8,), 10) == pytest.approx(r((8,), 10))
-    mid = frdiff.output_weight(5, 10)
-    assert 0 < mid < 1 and f((4,), 6) == pytest.approx(
-        [(1 - mid) * r((4,), 6)[0] + mid * scale * relative_l2(stream.outputs[4], stream.outputs[5])], rel=1e-5)
+    assert f((0,), 10) == pytest.approx(r((0,), 10)) and f((3, 0), 7) == pytest.approx(r((3, 0), 7))
+    choice = calibrate(trajectory, 4, BASE, [Candidate("frdiff", "frdiff"), Candidate("reuse", "reuse")])
+    assert choice.scores["frdiff"] == pytest.approx(choice.scores["reuse"]) and choice.method == "frdiff"
+    choice = calibrate(trajectory, 4, BASE, [Candidate("reuse", "reuse"), Candidate("frdiff", "frdiff")])
+    assert choice.method == "reuse"
 
 
 def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
@@ -207,17 +200,15 @@ def test_recorder_projects_to_64_fp16_dims_on_cpu_and_needs_every_step():
     embeddings = [torch.randn(1, 16, 300, generator=gen) for _ in range(6)]
     sigmas = runs.flux_sigmas(6)[:-1]
     for i, s in enumerate(sigmas[:-1]):
-        recorder.add(i, s, "cond", LAYOUT, a + s * b + embeddings[i], embeddings[i],
-                     torch.randn(1, 3, 4, 4, generator=gen))
+        recorder.add(i, s, "cond", LAYOUT, a + s * b + embeddings[i], embeddings[i])
     assert recorder.trajectory(6) is None  # the last step is missing
-    recorder.add(5, sigmas[5], "cond", LAYOUT, a + sigmas[5] * b + embeddings[5], embeddings[5],
-                 torch.randn(1, 3, 4, 4, generator=gen))
+    recorder.add(5, sigmas[5], "cond", LAYOUT, a + sigmas[5] * b + embeddings[5], embeddings[5])
     stored = recorder.crfs["cond"][0]
     assert stored.shape == (1, 16, 64) and stored.dtype == torch.float16 and stored.device.type == "cpu"
     assert recorder.embeddings["cond"][0].shape == (1, 16, 64)
-    assert recorder.nbytes == 6 * (2 * 16 * 64 + 48) * 2
+    assert recorder.nbytes == 6 * 2 * 16 * 64 * 2  # CRF and embedding, fp16
     trajectory = recorder.trajectory(6)
-    assert trajectory.n_steps == 6 and trajectory.streams["cond"].outputs is not None
+    assert trajectory.n_steps == 6 and trajectory.streams["cond"].embeddings is not None
     assert trajectory.nbytes == recorder.nbytes  # the float32 copy counts as the fp16 recording
     # the projection is linear: what the blocks add is linear in sigma, so res-taylor order 1 stays (nearly:
     # fp16) exact while taylor order 1 on the CRF, whose embedding part is random, does not
