@@ -3,36 +3,40 @@
 **Recording** (``TrajectoryRecorder``): at every step of an uncached run, the CRF ``[b, L, D]`` of each
 stream and the embedding it started from (the image rows entering the first block) are kept on the CPU in
 fp16 after a fixed random projection of ``D`` to ``PROJECTED_DIMS`` (64) dimensions (``[b, L, 64]``). Every
-candidate's forecast is
-linear in its history, its band split acts on the token axis and its stored quantity is the CRF or the CRF
-minus the embedding, so forecasting the projected tensors equals projecting the forecast; a Gaussian
-projection keeps the relative error's scale. Memory for FLUX.1-dev at 1024² (4096 image tokens, D = 3072,
-16 x 128 x 128 latent) and 50 steps, one stream (no CFG): 4096 x 64 x 2 B = 0.5 MiB each of CRF and
-embedding per step, **50 MiB per run** (100 MiB with CFG's two streams), against 1.2 GiB per stream for the
+candidate's forecast is linear in its history, its band split acts on the token axis and its stored quantity
+is the CRF or the CRF minus the embedding, so forecasting the projected tensors equals projecting the
+forecast; a Gaussian projection keeps the relative error's scale. Memory for FLUX.1-dev at 1024² (4096 image
+tokens, D = 3072, 16 x 128 x 128 latent) and 50 steps, one stream (no CFG): 4096 x 64 x 2 B = 0.5 MiB each of
+CRF and embedding per step, **50 MiB per run** (100 MiB with CFG's two streams), against 1.2 GiB per stream for the
 unprojected fp16 CRFs alone.
 
 **Scoring** (``calibrate``): open loop, for each ``Candidate`` (a registered method and its parameters) and
 a placement of the full steps, each cached step ``j`` is forecast by the method's own weights
 (``LinearMethod.band_weights``) from the recorded steps of the full steps before it (the method's
 ``history_size`` newest), with ``e_j`` its relative L2 error against the recorded CRF (from Gram matrices:
-``StepErrors``), times ``IMAGE_PER_CRF_ERROR * sigma_0`` (measured on the testbed: caching one step changes
-the image by about 0.13 x sigma x the relative CRF error). A method that also mixes the last full output
-into a cached call's (FRDiff) is scored by its CRF forecast alone (FRDiff's: reuse), the mixed output counted
-as the stale CRF it came from: an output's relative error is not in the CRF's units (on the testbeds it is
-0.35-1.0 times the CRF's for the same two steps, so counting it as is favoured FRDiff by 7-20 %), and closed
-loop FRDiff lands within 0.2 dB of reuse at every measured budget. Averaged over streams, a cached step's cost counts ``m - j``
-times, ``m`` the next full step (``compounding``: its drift lasts until a full step corrects it), and every
-step alike. Measured on the testbed (``freqca_lab.measure_auto``), this ranks closed-loop results better than
-counting each step once or weighting it by its noise level (``noise_weighted``: ``adaptive.noise_weight``,
-the adaptive schedule's weight), which make the search leave long cached stretches.
+``StepErrors``), times ``step_weights``: ``IMAGE_PER_CRF_ERROR * n * (sigma_j - sigma_j+1)`` (a sampler step
+moves the sample by its sigma step times the model's output, whose error follows the CRF's; on average the
+weight is the ``0.13 x sigma_0`` measured on the testbed for one cached step). A method that also mixes the
+last full output into a cached call's (FRDiff) is scored by its CRF forecast alone (FRDiff's: reuse), the
+mixed output counted as the stale CRF it came from: an output's relative error is not in the CRF's units (on
+the testbeds it is 0.35-1.0 times the CRF's for the same two steps, so counting it as is favoured FRDiff by
+7-20 %), and closed loop FRDiff lands within 0.2 dB of reuse at every measured budget. Averaged over
+streams, a cached step's cost counts ``m - j`` times, ``m`` the next full step (``compounding``: its drift
+lasts until a full step corrects it). Measured on the testbed (``freqca_lab.measure_auto``), this ranks
+closed-loop results better than counting each step once or weighting it by its noise level
+(``noise_weighted``: ``adaptive.noise_weight``, the adaptive schedule's weight), which make the search leave
+long cached stretches.
 
 **Placements**: the ``final_full`` last steps of the config (the node: 1) and step 0 are full; the rest of the
-budget is spaced evenly (``placement="even"``, the default) or searched (``"searched"``, ``best_placement``:
-dynamic programming over which steps are full for an exact number of full steps, with the state the
-method's last ``history_size`` full steps, so the cost of every cached step is exact; gaps at most
-``max_gap``). Measured on the two trained testbeds (``freqca_lab.measure_auto``, README "Calibration"): the
-searched placements lose closed loop to even spacing on one (by up to 4 dB) and win on the other (by up to
-5 dB); the open-loop score cannot tell which, so the predictable even spacing is the default.
+budget is placed evenly, either spread (``even_placement``: gaps differ by at most one) or regular
+(``regular_placement``: every N steps, the fixed schedule's pattern), the better scored of the two
+(``placement="uniform"``, the default); or searched (``"searched"``, ``best_placement``: dynamic programming
+over which steps are full for an exact number of full steps, with the state the method's last
+``history_size`` full steps, so the cost of every cached step is exact; gaps at most ``max_gap``). Measured
+on the two trained testbeds over 16 reported seeds (``freqca_lab.measure_auto``, README "Calibration"): the
+uniform choice is the better of its two placements at 8 of the 10 budgets where they differ; the searched
+placements win by up to 3.6 dB at some budgets and lose by up to 3.9 dB at others, and the open-loop score
+cannot tell which, so they stay an option.
 """
 from __future__ import annotations
 
@@ -204,11 +208,20 @@ def _centred_gram(x: torch.Tensor) -> torch.Tensor:
     return (rows @ rows.T).double()
 
 
+def step_weights(sigmas: Sequence[float]) -> list[float]:
+    """Per step, the image change per unit of relative CRF error: ``IMAGE_PER_CRF_ERROR * n * (sigma_j -
+    sigma_j+1)`` (the run ends at sigma 0). A sampler step moves the sample by its sigma step times the model's
+    output, whose error follows the CRF's; the weights average to the measured ``IMAGE_PER_CRF_ERROR *
+    sigma_0``."""
+    n, ends = len(sigmas), list(sigmas[1:]) + [0.0]
+    return [IMAGE_PER_CRF_ERROR * n * max(a - b, 0.0) for a, b in zip(sigmas, ends)]
+
+
 class StepErrors:
     """``row(history, stop)`` (a ``Row``) for a ``LinearMethod`` on ``trajectory``: per cached step ``j``, the
-    image error ``IMAGE_PER_CRF_ERROR * sigma_0 * e_j`` (times ``noise_weight(sigma_j)`` if ``noise_weighted``)
-    averaged over the streams, ``e_j`` the relative L2 error of the method's forecast of the CRF (a method's
-    output mixing, if any, is not scored: see the module docstring).
+    image error ``IMAGE_PER_CRF_ERROR * n * (sigma_j - sigma_j+1) * e_j`` (``step_weights``; times
+    ``noise_weight(sigma_j)`` if ``noise_weighted``) averaged over the streams, ``e_j`` the relative L2 error of
+    the method's forecast of the CRF (a method's output mixing, if any, is not scored: see the module docstring).
 
     The method forecasts its stored quantity ``S`` (``encode`` of the recorded CRF and embedding; its error is
     the CRF's, see ``CacheMethod.decode``) as a linear form per band, and the band split is an orthogonal
@@ -236,8 +249,8 @@ class StepErrors:
                                                                    dtype=torch.float64) ** 2
                                           for s in trajectory.streams.values()]).clamp_min(1e-24)  # [S, n]
         self.norms = cache["norms"]
-        self.weights = torch.tensor([IMAGE_PER_CRF_ERROR * sigmas[0] * (
-            noise_weight(sigma, sigmas[0]) if noise_weighted else 1.0) for sigma in sigmas], dtype=torch.float64)
+        self.weights = torch.tensor([w * (noise_weight(sigma, sigmas[0]) if noise_weighted else 1.0)
+                                     for w, sigma in zip(step_weights(sigmas), sigmas)], dtype=torch.float64)
 
     def _grams(self, method: LinearMethod) -> torch.Tensor | None:
         """Per stream and band, ``_centred_gram`` of the stored quantities; None if the method stores nothing."""
@@ -335,8 +348,15 @@ def best_placement(row: Row, n_steps: int, budget: int, history_size: int,
 
 
 def even_placement(n_steps: int, budget: int) -> tuple[int, ...]:
-    """``budget`` full steps spread evenly over ``n_steps`` (step 0 first)."""
+    """``budget`` full steps spread evenly over ``n_steps`` (step 0 first): gaps differ by at most one."""
     return tuple(i * n_steps // budget for i in range(budget))
+
+
+def regular_placement(n_steps: int, budget: int) -> tuple[int, ...]:
+    """``budget`` full steps every ``ceil(n_steps / budget)`` steps from step 0, the ones that would not fit
+    moved onto the last steps (the fixed schedule's pattern: warm-up 1, every N, final full steps)."""
+    gap = math.ceil(n_steps / budget)
+    return tuple(min(i * gap, n_steps - budget + i) for i in range(budget))
 
 
 @dataclass(frozen=True)
@@ -402,52 +422,65 @@ def default_max_gap(n_steps: int, budget: int) -> int:
 
 @dataclass(frozen=True)
 class Scored:
-    """One candidate's placement of the budget and its score, and its score on the evenly spaced full steps."""
+    """One candidate's chosen placement of the budget and its score, and every placement scored:
+    ``placements[kind] = (full_steps, score)``."""
 
     candidate: Candidate
     full_steps: tuple[int, ...]
     score: float
-    even: float
-    even_steps: tuple[int, ...]
+    placements: dict[str, tuple[tuple[int, ...], float]]
+
+    @property
+    def even(self) -> float:
+        """The score on evenly spaced full steps."""
+        return self.placements["even"][1]
 
 
-PLACEMENTS = ("even", "searched")
+PLACEMENTS = ("uniform", "even", "regular", "searched")
+UNIFORM = ("even", "regular")  # placement "uniform": the better scored of these
 
 
 def score_candidates(trajectory: Trajectory, budget: int, base, candidates: Sequence[Candidate] = CANDIDATES,
-                     placement: str = "even", max_gap: int | None = None, transform: str = "dct",
+                     placement: str = "uniform", max_gap: int | None = None, transform: str = "dct",
                      noise_weighted: bool = False, compounding: bool = True) -> list[Scored]:
     """Each candidate's score on exactly ``budget`` full steps: the ``base`` config's ``final_full`` last steps
     (as the node runs them; ``base`` is the ``CacheConfig`` the candidates' settings replace) and the rest
-    evenly spaced from step 0 (``placement="even"``) or placed by ``best_placement`` (``"searched"``; band splits
-    by ``transform``; ``noise_weighted`` and ``compounding``: see the module docstring)."""
+    evenly spaced from step 0 (``placement="even"``: ``even_placement``), every N steps (``"regular"``:
+    ``regular_placement``), the better scored of those two (``"uniform"``, the default) or placed by
+    ``best_placement`` (``"searched"``; band splits by ``transform``; ``noise_weighted`` and ``compounding``:
+    see the module docstring). The even and regular placements are scored in every case."""
     check_choice("placement", placement, PLACEMENTS)
     n = trajectory.n_steps
     budget = min(check_int("full steps", budget, 1), n)
     final = min(base.final_full, budget - 1)  # step 0 is full too
     searched, tail = n - final, tuple(range(n - final, n))  # placed: the steps before the final ones
     gap = max_gap if max_gap is not None else default_max_gap(searched, budget - final)
-    even = even_placement(searched, budget - final) + tail
+    fixed = {"even": even_placement(searched, budget - final) + tail,
+             "regular": regular_placement(searched, budget - final) + tail}
+    kinds = UNIFORM if placement == "uniform" else (placement,)
     scored, cache = [], {}
     for candidate in candidates:
         method = candidate.build(base, transform)
         errors = StepErrors(trajectory, method, noise_weighted, cache)
         if not errors.usable:
-            scored.append(Scored(candidate, even, math.inf, math.inf, even))
+            scored.append(Scored(candidate, fixed["even"], math.inf,
+                                 {kind: (steps, math.inf) for kind, steps in fixed.items()}))
             continue
-        even_score = placement_score(errors.row, even, n, method.history_size, compounding)
-        if placement == "even":
-            scored.append(Scored(candidate, even, even_score, even_score, even))
-            continue
-        steps, score = best_placement(errors.row, searched, budget - final, method.history_size, gap, compounding)
-        scored.append(Scored(candidate, steps + tail, score, even_score, even))
+        placements = {kind: (steps, placement_score(errors.row, steps, n, method.history_size, compounding))
+                      for kind, steps in fixed.items()}
+        if placement == "searched":
+            steps, score = best_placement(errors.row, searched, budget - final, method.history_size, gap,
+                                          compounding)
+            placements["searched"] = (steps + tail, score)
+        steps, score = min((placements[kind] for kind in kinds), key=lambda p: p[1])
+        scored.append(Scored(candidate, steps, score, placements))
     return scored
 
 
 def calibrate(trajectory: Trajectory, budget: int, base, candidates: Sequence[Candidate] = CANDIDATES,
-              placement: str = "even", max_gap: int | None = None, transform: str = "dct") -> Choice:
-    """The candidate (and, ``placement="searched"``, the placement of exactly ``budget`` full steps) with the
-    least predicted error (the earliest of ``candidates`` within ``TIE`` of it)."""
+              placement: str = "uniform", max_gap: int | None = None, transform: str = "dct") -> Choice:
+    """The candidate and its placement of exactly ``budget`` full steps (``score_candidates``) with the least
+    predicted error (the earliest of ``candidates`` within ``TIE`` of it)."""
     scored = score_candidates(trajectory, budget, base, candidates, placement, max_gap, transform)
     least = min(s.score for s in scored)
     best = next(s for s in scored if s.score <= least * (1 + TIE))

@@ -4,17 +4,18 @@
 
 One uncached run on ``--seeds`` of the benchmark's calibration seeds and prompts is recorded
 (``RecordingMethod``, the node's first run); at each budget (the full-step count of the fixed schedule, warm-up
-3, at each interval) every candidate is scored open loop on evenly spaced full steps and on the searched
-placement (``best_placement``), the last step full in both (as the node runs auto). Each (candidate, placement)
-is then run closed loop on ``--report-seeds`` reported seeds and prompts and its PSNR measured against the
-uncached images. Printed per budget: the Spearman rank correlation of score and PSNR over those runs and over
-the even placements alone, ``auto``'s PSNR (the candidate calibration chose, evenly spaced), the brute-force
-best over these configurations twice — the best mean PSNR of all runs (picked and measured on the same seeds,
-so it gains from their noise) and held out (picked on one half of the reported seeds, measured on the other,
-both ways, averaged) —, the node's fixed default (res-taylor order 1, warm-up 1, every N steps, last step full,
-the smallest N that fits the budget) with the standard error of ``auto`` minus it (paired over the seeds), the
-paper's FreqCa (warm-up 3, every N), searched against evenly spaced placements, and the calibration's time and
-recorded memory against the uncached run.
+3, at each interval) every candidate is scored open loop on three placements of the full steps, the last step
+full in each (as the node runs auto): evenly spaced, regular (every N steps) and searched (``best_placement``).
+Each (candidate, placement) is then run closed loop on ``--report-seeds`` reported seeds and prompts and its
+PSNR measured against the uncached images. Printed per budget: the Spearman rank correlation of score and PSNR
+over those runs and over the even placements alone, ``auto``'s PSNR (the candidate and the better scored of the
+even and regular placements, as the node runs it; and with the searched placements), the brute-force best over
+these configurations twice — the best mean PSNR of all runs (picked and measured on the same seeds, so it
+gains from their noise) and held out (picked on one half of the reported seeds, measured on the other, both
+ways, averaged) —, the node's fixed default (res-taylor order 1, warm-up 1, every N steps, last step full, the
+smallest N that fits the budget) with the standard error of ``auto`` minus it (paired over the seeds), the
+paper's FreqCa (warm-up 3, every N), each placement's mean PSNR over the candidates, and the calibration's time
+and recorded memory against the uncached run.
 """
 from __future__ import annotations
 
@@ -137,13 +138,16 @@ def main(argv: list[str] | None = None) -> dict:
                                   noise_weighted=args.noise_weighted, compounding=not args.no_compounding)
         rows = []
         for s in scored:
-            for kind, steps, score in (("even", s.even_steps, s.even), ("searched", s.full_steps, s.score)):
+            for kind, (steps, score) in s.placements.items():
                 controller = CacheController(s.candidate.build(base), GateSchedule.from_steps(steps, n))
                 rows.append(measured({"candidate": s.candidate.label, "placement": kind, "full_steps": list(steps),
                                       "score": score}, psnr_of(run(report[1], report[0], controller).images)))
-        auto = next(r for r in rows if r["candidate"] == choice.label and r["placement"] == "even")
-        searched_choice = calibrate(trajectory, budget, base, placement="searched")
-        auto_searched = next(r for r in rows if r["candidate"] == searched_choice.label and r["placement"] == "searched")
+        def row_of(chosen) -> dict:
+            return next(r for r in rows
+                        if r["candidate"] == chosen.label and r["full_steps"] == list(chosen.full_steps))
+
+        auto = row_of(choice)
+        auto_searched = row_of(calibrate(trajectory, budget, base, placement="searched"))
         best = max(rows, key=lambda r: r["psnr"])
         node = fixed_fitting(1, 1, budget, n)
         default = measured({"schedule": node.label}, psnr_of(run(report[1], report[0], CacheController(
@@ -153,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
         rho = spearman([-r["score"] for r in rows], [r["psnr"] for r in rows])
         evens = [r for r in rows if r["placement"] == "even"]
         rho_even = spearman([-r["score"] for r in evens], [r["psnr"] for r in evens])
-        searched = [r["psnr"] for r in rows if r["placement"] == "searched"]
-        even = [r["psnr"] for r in evens]
+        kinds = dict.fromkeys(r["placement"] for r in rows)
+        placement_db = {k: sum(r["psnr"] for r in rows if r["placement"] == k) / len(scored) for k in kinds}
         heldout = held_out_best(rows)
         gap_default, gap_se = paired_difference(auto["psnr_per_seed"], default["psnr_per_seed"])
         entry = {"interval": interval, "budget": budget, "spearman": rho, "spearman_even": rho_even,
@@ -162,14 +166,14 @@ def main(argv: list[str] | None = None) -> dict:
                  "best_held_out": heldout,
                  "auto_minus_default_db": gap_default, "auto_minus_default_se": gap_se, "node_default": default,
                  "paper_freqca": paper, "rows": rows,
-                 "searched_minus_even_db": sum(a - b for a, b in zip(searched, even)) / len(searched)}
+                 "placement_mean_db": placement_db}
         result["budgets"].append(entry)
         print(f"{budget} full steps (interval {interval}): spearman {rho:+.2f} (even placements {rho_even:+.2f}); "
               f"auto {auto['candidate']} {auto['psnr']:.2f} dB (searched placement: {auto_searched['candidate']} "
               f"{auto_searched['psnr']:.2f} dB); best {best['candidate']}/{best['placement']} "
               f"{best['psnr']:.2f} dB (held out {heldout['psnr']:.2f} dB); node default {default['psnr']:.2f} dB "
               f"(auto - default {gap_default:+.2f} +- {gap_se:.2f} dB); paper's FreqCa {paper['psnr']:.2f} dB; "
-              f"searched - even {entry['searched_minus_even_db']:+.2f} dB (mean over candidates); "
+              f"mean over candidates {', '.join(f'{k} {v:.2f}' for k, v in placement_db.items())} dB; "
               f"choosing took {choose_s:.3f} s")
         for r in sorted(rows, key=lambda r: -r["psnr"]):
             print(f"    {r['candidate']:20s} {r['placement']:8s} score {r['score']:.4f}  PSNR {r['psnr']:.2f}  "

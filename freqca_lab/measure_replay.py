@@ -95,20 +95,18 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"testbed": bed.name, "steps": n, "seeds": args.seeds, "budgets": []}
     for budget in args.budgets:
         rows = []
-        even = score_candidates(recording.trajectory, budget, base, candidates)
-        searched = score_candidates(recording.trajectory, budget, base, candidates, placement="searched")
-        for e, s in zip(even, searched):
-            for kind, steps in (("even", e.full_steps), ("searched", s.full_steps),
-                                ("spread", tuple(spread_steps(n, budget, 1, 1)))):
-                def controller(c=e.candidate, steps=steps) -> CacheController:
+        for s in score_candidates(recording.trajectory, budget, base, candidates, placement="searched"):
+            placed = {kind: steps for kind, (steps, _) in s.placements.items()}
+            for kind, steps in (*placed.items(), ("spread", tuple(spread_steps(n, budget, 1, 1)))):
+                def controller(c=s.candidate, steps=steps) -> CacheController:
                     return CacheController(c.build(base), GateSchedule.from_steps(steps, n))
-                rows.append({"candidate": e.candidate.label, "placement": kind, "full_steps": list(steps),
+                rows.append({"candidate": s.candidate.label, "placement": kind, "full_steps": list(steps),
                              "replay": psnr(run(replay, calib, controller()), calib_reference),
                              "true": psnr(run(model, calib, controller()), calib_reference),
                              "reported": psnr(run(model, report, controller()), report_reference)})
         pick = max(rows, key=lambda r: r["replay"])
         chosen = calibrate(recording.trajectory, budget, base, candidates)
-        auto = next(r for r in rows if r["candidate"] == chosen.label and r["placement"] == "even")
+        auto = next(r for r in rows if r["candidate"] == chosen.label and r["full_steps"] == list(chosen.full_steps))
         best = max(rows, key=lambda r: r["reported"])
         node = CacheController(CacheConfig(method="res-taylor", taylor_order=1).new_method(),
                                fixed_fitting(1, 1, budget, n))

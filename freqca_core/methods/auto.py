@@ -3,10 +3,10 @@
 Without a chosen configuration (``CacheConfig.choice``; or one made for another step count or number of full
 steps) the run is the calibration: every step is computed in full, so its output is the uncached one, and
 ``RecordingMethod`` records each call's CRF and embedding (through its ``encode`` and ``finish_call`` hooks).
-At the run's end it picks the candidate and the placement of the full steps with the least predicted error for the number of
-full steps the fixed schedule of the config would compute (the user's speed), and hands the ``Choice`` to
-``CacheConfig.on_choice`` (the node stores it as a profile). With a choice, the run uses the chosen method on
-the chosen full steps (a ``GateSchedule``).
+At the run's end it picks the candidate and the placement of the full steps with the least predicted error
+for the number of full steps the fixed schedule of the config would compute (the user's speed), and hands the
+``Choice`` to ``CacheConfig.on_choice`` (the node stores it as a profile). With a choice, the run uses the
+chosen method on the chosen full steps (a ``GateSchedule``).
 """
 from __future__ import annotations
 

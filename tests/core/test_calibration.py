@@ -10,7 +10,7 @@ import torch
 from freqca_core import REGISTRY, CacheConfig, TokenLayout
 from freqca_core.calibration import (
     CANDIDATES, Candidate, Choice, StepErrors, StreamTrajectory, Trajectory, TrajectoryRecorder, best_placement,
-    calibrate, even_placement, placement_score, score_candidates, TIE)
+    calibrate, even_placement, placement_score, regular_placement, score_candidates, TIE)
 import runs
 
 BASE = CacheConfig()  # the config the candidates' settings replace
@@ -50,6 +50,12 @@ def random_trajectory(n: int, streams: int = 2, seed: int = 0) -> Trajectory:
 def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     """``|a - b| / |b|`` over the whole tensor (float64)."""
     return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def step_weight(sigmas: list[float], j: int) -> float:
+    """The image change per relative CRF error at step ``j``: 0.13 x n x the sigma step (the run ends at 0)."""
+    end = sigmas[j + 1] if j + 1 < len(sigmas) else 0.0
+    return 0.13 * len(sigmas) * (sigmas[j] - end)
 
 
 def random_errors(seed: int):
@@ -97,10 +103,15 @@ def test_dp_refuses_a_budget_that_cannot_cover_the_run():
         best_placement(random_errors(0), 5, 6, 1)
 
 
-def test_even_placement_has_the_budget():
-    for n, b in [(50, 18), (50, 8), (28, 10), (7, 7), (9, 1)]:
-        steps = even_placement(n, b)
-        assert len(set(steps)) == b and steps[0] == 0 and max(steps) < n
+def test_even_and_regular_placements_have_the_budget():
+    for n, b in [(50, 18), (50, 8), (28, 10), (27, 10), (7, 7), (9, 1), (49, 13)]:
+        for steps in (even_placement(n, b), regular_placement(n, b)):
+            assert len(set(steps)) == b and steps[0] == 0 and max(steps) < n and list(steps) == sorted(steps)
+        gaps = [b - a for a, b in zip(even_placement(n, b), even_placement(n, b)[1:])]
+        assert max(gaps, default=0) - min(gaps, default=0) <= 1  # even: spread
+    assert regular_placement(49, 17) == tuple(range(0, 49, 3))  # every 3 steps, as warm-up 1 every 3 would
+    assert regular_placement(49, 13) == tuple(range(0, 49, 4))
+    assert regular_placement(27, 10) == (0, 3, 6, 9, 12, 15, 18, 21, 24, 26)  # what does not fit goes last
 
 
 @pytest.mark.parametrize("degree,exact,residual", [
@@ -118,7 +129,7 @@ def test_a_method_exact_on_the_trajectory_scores_zero(degree, exact, residual):
     assert choice.score == pytest.approx(0.0, abs=EXACT)
     assert choice.scores[exact] == pytest.approx(0.0, abs=EXACT)
     assert len(choice.full_steps) == 5
-    even = calibrate(trajectory, 5, BASE)  # evenly spaced (the default): steps before a full history cost
+    even = calibrate(trajectory, 5, BASE, placement="even")  # steps before a full history cost
     assert even.full_steps == even_placement(14, 5) and even.score <= min(even.scores.values()) * (1 + TIE)
     lower = [c.label for c in CANDIDATES if (c.method == "reuse" and degree > 0) or (
         c.method == "taylor" and c.params["taylor_order"] < degree) or (residual and c.method == "taylor")]
@@ -146,7 +157,7 @@ def test_scores_are_the_forecast_errors_the_run_would_make(candidate):
                     history.push(sigmas[k], k, method.encode(stream.crfs[k], stream.embeddings[k]))
                 crf = method.decode(method.predict(history, sigmas[j], LAYOUT), stream.embeddings[j])
                 errors.append(relative_l2(crf, stream.crfs[j]))
-            expected.append(0.13 * sigmas[0] * sum(errors) / len(errors))
+            expected.append(step_weight(sigmas, j) * sum(errors) / len(errors))
         assert row(history_steps, stop) == pytest.approx(expected, rel=1e-4)
 
 
@@ -168,15 +179,24 @@ def test_residual_candidates_need_the_embeddings():
     assert choice.scores["res-taylor order 1"] == float("inf") and choice.method != "res-taylor"
 
 
-def test_errors_weigh_the_relative_crf_error_alike_or_by_sigma():
+def test_errors_weigh_the_relative_crf_error_by_the_sigma_step_and_optionally_the_noise():
+    from freqca_core.adaptive import noise_weight
+    from freqca_core.calibration import step_weights
+
     trajectory = polynomial_trajectory(10, 1)
-    row = StepErrors(trajectory, Candidate("reuse", "reuse").build(BASE), noise_weighted=True).row
     crfs, sigmas = trajectory.streams[0].crfs, trajectory.sigmas
     rel = [relative_l2(crfs[0], crfs[j]) for j in (1, 2, 3)]
-    assert row((0,), 4) == pytest.approx([0.13 * sigmas[j] * e for j, e in zip((1, 2, 3), rel)], rel=1e-5)
+    row = StepErrors(trajectory, Candidate("reuse", "reuse").build(BASE)).row  # the default
+    assert row((0,), 4) == pytest.approx([step_weight(sigmas, j) * e for j, e in zip((1, 2, 3), rel)], rel=1e-5)
     assert row((0,), 1) == []
-    uniform = StepErrors(trajectory, Candidate("reuse", "reuse").build(BASE)).row  # the default: alike
-    assert uniform((0,), 4) == pytest.approx([0.13 * sigmas[0] * e for e in rel], rel=1e-5)
+    noisy = StepErrors(trajectory, Candidate("reuse", "reuse").build(BASE), noise_weighted=True).row
+    assert noisy((0,), 4) == pytest.approx([step_weight(sigmas, j) * noise_weight(sigmas[j], sigmas[0]) * e
+                                            for j, e in zip((1, 2, 3), rel)], rel=1e-5)
+    weights = step_weights(sigmas)  # the measured 0.13 x sigma_0 per step on average, larger where sigma moves more
+    assert sum(weights) / len(weights) == pytest.approx(0.13 * sigmas[0])
+    steps = [a - b for a, b in zip(sigmas, sigmas[1:] + [0.0])]
+    assert weights.index(max(weights)) == steps.index(max(steps)) and min(weights) > 0
+    assert step_weights([1.0, 1.0, 0.5]) == pytest.approx([0.0, 0.13 * 3 * 0.5, 0.13 * 3 * 0.5])
 
 
 def test_frdiff_is_scored_as_its_crf_reuse():
@@ -224,9 +244,13 @@ def test_calibrate_keeps_the_budget_and_reports_every_candidate():
         assert len(choice.full_steps) == budget and choice.full_steps[0] == 0
         assert set(choice.scores) == {c.label for c in CANDIDATES}
         assert choice.score <= min(choice.scores.values()) * (1 + TIE)
-        assert choice.score == choice.even and choice.full_steps == even_placement(20, budget)  # the default
+        uniform = {even_placement(20, budget), regular_placement(20, budget)}  # the default: the better of these
+        assert choice.full_steps in uniform and choice.score <= choice.even
+        for placement, steps in (("even", even_placement(20, budget)), ("regular", regular_placement(20, budget))):
+            alone = calibrate(trajectory, budget, BASE, placement=placement)
+            assert alone.full_steps == steps and alone.score >= choice.score * (1 - TIE)
         searched = calibrate(trajectory, budget, BASE, placement="searched")
-        assert searched.score <= searched.even + 1e-12  # the search is never worse than even spacing
+        assert searched.score <= min(choice.score, searched.even) + 1e-12  # the search is never worse
     shared = score_candidates(trajectory, 6, BASE, placement="searched")  # one cache of Gram matrices for all
     for scored in shared:  # ... gives each candidate the score it gets alone
         alone = score_candidates(trajectory, 6, BASE, [scored.candidate], placement="searched")[0]
