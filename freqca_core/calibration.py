@@ -363,7 +363,7 @@ def regular_placement(n_steps: int, budget: int) -> tuple[int, ...]:
 class Choice:
     """What calibration chose: ``method`` with ``params`` on the ``full_steps`` of a run of ``n_steps``;
     ``score`` its predicted error, ``scores`` each candidate's best score (label -> score) and ``even`` the
-    chosen method's score on evenly spaced full steps."""
+    chosen method's score on the spread placement (``even_placement``)."""
 
     label: str
     method: str
@@ -410,7 +410,7 @@ class Choice:
     def text(self) -> str:
         """One line for a run summary: what was chosen and its predicted error against the alternatives."""
         others = ", ".join(f"{label} {score:.3g}" for label, score in self.scores.items() if label != self.label)
-        even = "" if self.even == self.score else f"evenly spaced {self.even:.3g}; "
+        even = "" if self.even == self.score else f"spread evenly {self.even:.3g}; "
         return (f"{self.label} on {len(self.full_steps)}/{self.n_steps} full steps "
                 f"[{','.join(map(str, self.full_steps))}], predicted error {self.score:.3g} ({even}{others})")
 
