@@ -443,7 +443,8 @@ def row_from_json(data: dict) -> Row:
 
 def merged(path: Path, rows: list[Row], peers: list[dict], header: dict) -> tuple[list[Row], list[dict]]:
     """An earlier run's rows and peers (``--json`` of the same steps and images) with this run's: a setting
-    measured now replaces its earlier row; the earlier header is kept in ``header["merged"]``."""
+    measured now replaces its earlier row; the earlier header, after the runs it had merged itself, is kept in
+    ``header["merged"]``."""
     earlier = json.loads(path.read_text())
     if (earlier["header"]["steps"], earlier["header"]["images"]) != (header["steps"], [list(i) for i in header["images"]]):
         raise SystemExit(f"--merge {path}: another step count or image set than this run's")
@@ -451,8 +452,8 @@ def merged(path: Path, rows: list[Row], peers: list[dict], header: dict) -> tupl
     now = {key(r) for r in rows}
     kept = [r for r in map(row_from_json, earlier["rows"]) if key(r) not in now]
     nodes = {p["node"] for p in peers}
-    header.setdefault("merged", []).append({"file": str(path), **{k: v for k, v in earlier["header"].items()
-                                                                 if k != "merged"}})
+    header.setdefault("merged", []).extend([*earlier["header"].get("merged", []), {
+        "file": str(path), **{k: v for k, v in earlier["header"].items() if k != "merged"}}])
     return kept + rows, [p for p in earlier["peers"] if p["node"] not in nodes] + peers
 
 

@@ -105,7 +105,8 @@ def test_merge_keeps_earlier_rows_that_were_not_measured_again(tmp_path):
     old = [row("pack", 0.3, 30.0, method="reuse", interval=4), row("pack", 0.2, float("inf"), method="auto"),
            row("peer", 0.3, 20.0, t=1)]
     path = tmp_path / "old.json"
-    path.write_text(json.dumps({"header": {**header, "images": [[1, 2]], "pack_commit": "abc"},
+    path.write_text(json.dumps({"header": {**header, "images": [[1, 2]], "pack_commit": "abc",
+                                           "merged": [{"file": "older.json", "pack_commit": "0ld"}]},
                                 "peers": [{"node": "Node", "pack": "peer pack"}, {"node": "Gone", "pack": "x"}],
                                 "rows": [row_json(r) for r in old]}))
     assert [row_from_json(row_json(r)) for r in old] == old  # the JSON round trip, an infinite PSNR included
@@ -113,7 +114,7 @@ def test_merge_keeps_earlier_rows_that_were_not_measured_again(tmp_path):
     rows, peers = merged(path, new, [{"node": "Node", "pack": "peer pack", "commit": "new"}], header)
     assert [r.psnr for r in rows] == [float("inf"), 20.0, 31.0]  # the reuse row measured now replaces its old one
     assert [p["node"] for p in peers] == ["Gone", "Node"] and peers[1]["commit"] == "new"
-    assert header["merged"][0]["pack_commit"] == "abc"
+    assert [m["pack_commit"] for m in header["merged"]] == ["0ld", "abc"]  # what the old file had merged, then it
     with pytest.raises(SystemExit, match="another step count"):
         merged(path, new, [], {"steps": 6, "images": [(1, 2)]})
 
