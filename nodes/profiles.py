@@ -25,7 +25,8 @@ from .files import read_profile, write_profile
 log = logging.getLogger("freqca")
 
 BUCKET = 16  # latent cells per side of a resolution bucket (128 px for an 8x VAE)
-VERSION = 1
+VERSION = 2  # of the calibration a profile came from: 2 weighs steps by their sigma step and picks among two
+# uniform placements, so a version-1 profile (another scoring) is not used and the run calibrates again
 SAMPLED_WEIGHTS = 3  # parameters (first, middle, last) whose leading values identify the model
 VALUES = 256  # leading values hashed per sampled parameter
 

@@ -65,12 +65,17 @@ def test_recalibrate_ignores_and_replaces_the_stored_profile(pack, testbed, freq
     assert "auto: profile of this model:" in summary
 
 
-@pytest.mark.parametrize("change", ["steps", "size", "model", "interval"])
-def test_a_new_key_calibrates_again(pack, testbed, freqca_dirs, caplog, change):
+@pytest.mark.parametrize("change", ["steps", "size", "model", "interval", "version"])
+def test_a_new_key_calibrates_again(pack, testbed, freqca_dirs, caplog, monkeypatch, change):
+    """Another step count, size, model or speed, or a profile of an older calibration version."""
+    from comfyui_freqca.nodes import profiles as profile_module
     from freqca_lab.comfy.harness import build_flux, flux_conditioning
 
     conds = prompt_conditioning(1)
-    run_auto(testbed, caplog, conds)
+    with monkeypatch.context() as patch:
+        if change == "version":  # stored by a pack whose calibration scored differently
+            patch.setattr(profile_module, "VERSION", profile_module.VERSION - 1)
+        run_auto(testbed, caplog, conds)
     model, run = testbed, {}
     if change == "interval":
         run = {"interval": 6}
