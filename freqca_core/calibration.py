@@ -22,10 +22,10 @@ mixed output counted as the stale CRF it came from: an output's relative error i
 the testbeds it is 0.35-1.0 times the CRF's for the same two steps, so counting it as is favoured FRDiff by
 7-20 %), and closed loop FRDiff lands within 0.25 dB of reuse on the same spread steps at every measured
 budget (-0.7 to +0.4 dB on regular ones). Averaged over streams, a cached step's cost counts ``m - j``
-times, ``m`` the next full step (``compounding``: its drift lasts until a full step corrects it). Measured on the testbed (``freqca_lab.measure_auto``), this ranks
-closed-loop results better than counting each step once or weighting it by its noise level
-(``noise_weighted``: ``adaptive.noise_weight``, the adaptive schedule's weight), which make the search leave
-long cached stretches.
+times, ``m`` the next full step (``compounding``: its drift lasts until a full step corrects it). Measured
+on the testbed (``freqca_lab.measure_auto``), this ranks closed-loop results better than counting each step
+once or weighting it by its noise level (``noise_weighted``: ``adaptive.noise_weight``, the adaptive
+schedule's weight), which make the search leave long cached stretches.
 
 **Placements**: the ``final_full`` last steps of the config (the node: 1) and step 0 are full; the rest of the
 budget is placed evenly, either spread (``even_placement``: gaps differ by at most one) or regular
