@@ -432,7 +432,7 @@ class Scored:
 
     @property
     def even(self) -> float:
-        """The score on evenly spaced full steps."""
+        """The score on the spread placement (``even_placement``)."""
         return self.placements["even"][1]
 
 

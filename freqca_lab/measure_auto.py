@@ -15,13 +15,14 @@ gains from their noise) and held out (picked on one half of the reported seeds, 
 ways, averaged) —, the node's fixed default (res-taylor order 1, warm-up 1, every N steps, last step full, the
 smallest N that fits the budget) with the standard error of ``auto`` minus it (paired over the seeds), the
 better of per-layer TaylorSeer order 1 and 2 (warm-up 1, the last step full, the rest spread, as in the
-benchmark), the paper's FreqCa (warm-up 3, every N), each placement's mean PSNR over the candidates, and the calibration's time
-and recorded memory against the uncached run.
+benchmark), the paper's FreqCa (warm-up 3, every N), each placement's mean PSNR over the candidates, and the
+calibration's time and recorded memory against the uncached run.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 
 import torch
@@ -82,11 +83,9 @@ def held_out_best(rows: list[dict]) -> dict:
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Mean of ``a - b`` over paired seeds and its standard error."""
+    """Mean of ``a - b`` over paired seeds and its standard error (0 for one seed)."""
     d = [x - y for x, y in zip(a, b)]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
-    return mean, math.sqrt(var / len(d))
+    return statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -177,8 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"auto {auto['candidate']} {auto['psnr']:.2f} dB (searched placement: {auto_searched['candidate']} "
               f"{auto_searched['psnr']:.2f} dB); best {best['candidate']}/{best['placement']} "
               f"{best['psnr']:.2f} dB (held out {heldout['psnr']:.2f} dB); node default {default['psnr']:.2f} dB "
-              f"(auto - default {gap_default:+.2f} +- {gap_se:.2f} dB); per-layer TaylorSeer order {per_layer['order']} "
-              f"{per_layer['psnr']:.2f} dB; paper's FreqCa {paper['psnr']:.2f} dB; "
+              f"(auto - default {gap_default:+.2f} +- {gap_se:.2f} dB); per-layer TaylorSeer order "
+              f"{per_layer['order']} {per_layer['psnr']:.2f} dB; paper's FreqCa {paper['psnr']:.2f} dB; "
               f"mean over candidates {', '.join(f'{k} {v:.2f}' for k, v in placement_db.items())} dB; "
               f"choosing took {choose_s:.3f} s")
         for r in sorted(rows, key=lambda r: -r["psnr"]):

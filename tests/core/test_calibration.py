@@ -301,6 +301,20 @@ def test_choice_round_trips_and_refuses_bad_json():
             Choice.from_json(data, BASE)
 
 
+def test_held_out_best_and_paired_difference_of_measure_auto():
+    from freqca_lab.measure_auto import held_out_best, paired_difference
+
+    rows = [{"candidate": "a", "placement": "even", "psnr_per_seed": [40.0, 30.0, 40.0, 30.0]},  # lucky on evens
+            {"candidate": "b", "placement": "even", "psnr_per_seed": [35.0, 36.0, 35.0, 36.0]}]
+    held = held_out_best(rows)  # a is picked on the even seeds and measured on the odd ones, b the other way
+    assert held["picks"] == ["a/even", "b/even"] and held["psnr"] == pytest.approx((30.0 + 35.0) / 2)
+    with pytest.raises(ValueError, match="2 reported seeds"):
+        held_out_best([{"candidate": "a", "placement": "even", "psnr_per_seed": [40.0]}])
+    mean, se = paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 3.0])  # differences 2, 3, 1
+    assert mean == pytest.approx(2.0) and se == pytest.approx(1.0 / 3 ** 0.5)
+    assert paired_difference([3.0], [1.0]) == (2.0, 0.0)
+
+
 def test_spearman_of_measure_auto():
     from freqca_lab.measure_auto import spearman
 
