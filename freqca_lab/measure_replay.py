@@ -3,13 +3,13 @@
 
 A research probe for issue 16, not used by the node. The uncached run on the calibration seeds and prompts records,
 per step, what the blocks add to the image rows (``crf - embedding``, full size). A *replay* then samples each
-candidate configuration (method x placement: evenly spaced, searched, spread, the last step full) with only the
-cheap parts of the model: the embedding of the current input and the final layer run for real, and the blocks'
-contribution at a full step is the recorded one (at a cached step the method forecasts it as usual). So the drift of
-the input through the run is simulated, which the open-loop score cannot see, while the blocks' response to that
-drift is not. Printed per budget: the rank correlation of replay PSNR and true PSNR on the calibration images, and
-on the reported seeds the PSNR of the replay's pick, of ``auto``'s pick (open loop, evenly spaced), of the best of
-these configurations and of the node's fixed default.
+candidate configuration (method x placement: spread, regular, searched, the benchmark's spread steps; the last step
+full) with only the cheap parts of the model: the embedding of the current input and the final layer run for real,
+and the blocks' contribution at a full step is the recorded one (at a cached step the method forecasts it as usual).
+So the drift of the input through the run is simulated, which the open-loop score cannot see, while the blocks'
+response to that drift is not. Printed per budget: the rank correlation of replay PSNR and true PSNR on the
+calibration images, and on the reported seeds the PSNR of the replay's pick, of ``auto``'s pick (open loop, as the
+node chooses), of the best of these configurations and of the node's fixed default.
 """
 from __future__ import annotations
 
