@@ -322,3 +322,33 @@ def test_spearman_of_measure_auto():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ties get average ranks: [0, 1.5, 1.5, 3] against [0, 2, 1, 3]: covariance 4.5, variances 4.5 and 5
     assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+
+
+def test_oracle_pick_of_measure_oracle_uses_the_first_images_only():
+    from freqca_lab.measure_oracle import oracle_pick
+
+    rows = [{"candidate": "a", "calibration_psnr_per_seed": [40.0, 40.0, 20.0, 20.0]},
+            {"candidate": "b", "calibration_psnr_per_seed": [35.0, 35.0, 35.0, 35.0]}]
+    assert oracle_pick(rows, 2)["candidate"] == "a"  # best on the first two images
+    assert oracle_pick(rows, 4)["candidate"] == "b"  # a's last two images pull its mean to 30
+    with pytest.raises(ValueError, match="at least 8 calibration PSNRs"):
+        oracle_pick(rows, 8)
+
+
+def test_plan_and_summary_of_measure_placements():
+    from freqca_lab.measure_placements import parse_plan, summary
+
+    assert parse_plan(["50:6,7", "20:5"]) == {50: [6, 7], 20: [5]}
+    for bad in (["50:6,x"], ["fifty:6"], ["20:21"], ["20:0"]):
+        with pytest.raises(ValueError, match="--plan"):
+            parse_plan(bad)
+
+    def entry(budget: int, uniform: float, searched: float, default: float) -> dict:
+        return {"steps": 50, "budget": budget, "uniform": {"psnr": uniform}, "searched": {"psnr": searched},
+                "default": {"psnr": default}}
+
+    s = summary([entry(10, 36.0, 34.0, 35.0), entry(14, 40.0, 41.0, 40.4)])
+    assert s["uniform"]["mean_db"] == pytest.approx(38.0)
+    assert s["uniform"]["minus_default_db"] == pytest.approx((1.0 - 0.4) / 2) and s["uniform"]["losses"] == []
+    assert s["searched"]["losses"] == ["10/50"]  # 1 dB below; 14/50 is above
+    assert s["default"]["minus_default_db"] == 0.0
