@@ -108,10 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
                   + f" dB; searched steps {list(searched.full_steps)}", flush=True)
     result = {"testbed": bed.name, "report_seeds": args.report_seeds, "budgets": entries,
               "summary": summary(entries)}
-    for kind, s in result["summary"].items():
-        print(f"{bed.name} {kind}: mean {s['mean_db']:.2f} dB, {s['minus_default_db']:+.2f} dB vs the fixed "
-              f"default, more than {LOSS_DB} dB below it at {len(s['losses'])}/{len(entries)} "
-              f"({', '.join(s['losses']) or 'none'})")
+    print("\n".join(f"{bed.name} {kind}: mean {s['mean_db']:.2f} dB, {s['minus_default_db']:+.2f} dB vs the "
+                    f"fixed default, more than {LOSS_DB} dB below it at {len(s['losses'])}/{len(entries)} "
+                    f"({', '.join(s['losses']) or 'none'})" for kind, s in result["summary"].items()))
     if args.json:
         write_json(result, args.json)
     return result
