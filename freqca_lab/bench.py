@@ -141,6 +141,12 @@ def _res_taylor(order: int) -> Callable[[StepSchedule], CacheController]:
     return lambda s: CacheController(CacheConfig(method="res-taylor", taylor_order=order).new_method(), s)
 
 
+def node_default(budget: int, steps: int) -> CacheController:
+    """The node's fixed default within ``budget`` full steps of ``steps``: ``res-taylor`` order 1, warm-up 1,
+    every N steps, the last step full, the smallest N that fits (its ``schedule.label`` names N)."""
+    return _res_taylor(1)(fixed_fitting(1, 1, budget, steps))
+
+
 BUDGETED = {
     # per-layer baselines with the papers' first/last-step handling (TaylorSeer: 3 first, last full) ...
     "taylorseer-o1": Budgeted(lambda s: PerLayerTaylorSeer(s, 1), params={"order": 1, "forecast": "per layer"}),

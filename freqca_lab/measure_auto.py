@@ -32,7 +32,7 @@ from freqca_core.calibration import calibrate, score_candidates
 from freqca_core.methods.auto import AllFull, RecordingMethod
 from freqca_core.methods.frdiff import GateSchedule
 
-from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, fixed_fitting
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, WARMUP, node_default
 from .perlayer import PerLayerTaylorSeer, spread_schedule
 from .metrics import fidelity
 from .report import write_json
@@ -150,9 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
         auto = row_of(choice)
         auto_searched = row_of(calibrate(trajectory, budget, base, placement="searched"))
         best = max(rows, key=lambda r: r["psnr"])
-        node = fixed_fitting(1, 1, budget, n)
-        default = measured({"schedule": node.label}, psnr_of(run(report[1], report[0], CacheController(
-            CacheConfig(method="res-taylor", taylor_order=1).new_method(), node)).images))
+        node = node_default(budget, n)
+        default = measured({"schedule": node.schedule.label}, psnr_of(run(report[1], report[0], node).images))
         per_layer = max((measured({"order": order}, psnr_of(run(report[1], report[0], PerLayerTaylorSeer(
             spread_schedule(n, budget, 1, 1), order)).images)) for order in (1, 2)), key=lambda r: r["psnr"])
         paper = measured({"schedule": FixedSchedule(WARMUP, interval).label}, psnr_of(run(report[1], report[0], (

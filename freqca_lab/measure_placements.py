@@ -24,7 +24,7 @@ from freqca_core.calibration import Candidate, Choice, calibrate
 from freqca_core.methods.auto import AllFull, RecordingMethod
 from freqca_core.methods.frdiff import GateSchedule
 
-from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, fixed_fitting
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, node_default
 from .metrics import fidelity
 from .report import write_json
 from .runner import generate
@@ -40,13 +40,14 @@ def parse_plan(items: list[str]) -> dict[int, list[int]]:
     """``["50:6,7", "20:5"]`` -> ``{50: [6, 7], 20: [5]}``; ValueError naming the bad item."""
     plan = {}
     for item in items:
-        steps, _, budgets = item.partition(":")
+        head, _, tail = item.partition(":")
         try:
-            plan[int(steps)] = [int(b) for b in budgets.split(",")]
+            steps, budgets = int(head), [int(b) for b in tail.split(",")]
         except ValueError:
             raise ValueError(f"--plan items are STEPS:BUDGET,BUDGET,... (integers), got {item!r}") from None
-        if plan[int(steps)] and not all(1 <= b <= int(steps) for b in plan[int(steps)]):
+        if not all(1 <= b <= steps for b in budgets):
             raise ValueError(f"--plan {item!r}: budgets must lie in 1..{steps}")
+        plan[steps] = budgets
     return plan
 
 
@@ -98,9 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
             uniform = chosen(calibrate(recorder.trajectory, budget, base))
             searched = calibrate(recorder.trajectory, budget, base, placement="searched")
             same = (searched.label, list(searched.full_steps)) == (uniform["candidate"], uniform["full_steps"])
-            node = fixed_fitting(1, 1, budget, n)
-            default = {"schedule": node.label, **measured(CacheController(
-                CacheConfig(method="res-taylor", taylor_order=1).new_method(), node))}
+            node = node_default(budget, n)
+            default = {"schedule": node.schedule.label, **measured(node)}
             entry = {"steps": n, "budget": budget, "uniform": uniform,
                      "searched": uniform if same else chosen(searched), "default": default}
             entries.append(entry)

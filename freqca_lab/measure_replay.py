@@ -23,7 +23,7 @@ from freqca_core.calibration import CANDIDATES, calibrate, score_candidates
 from freqca_core.methods.auto import AllFull, RecordingMethod
 from freqca_core.methods.frdiff import GateSchedule
 
-from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, fixed_fitting
+from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, node_default
 from .measure_auto import spearman
 from .metrics import fidelity
 from .report import write_json
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         chosen = calibrate(recording.trajectory, budget, base, candidates)
         auto = next(r for r in rows if r["candidate"] == chosen.label and r["full_steps"] == list(chosen.full_steps))
         best = max(rows, key=lambda r: r["reported"])
-        node = CacheController(CacheConfig(method="res-taylor", taylor_order=1).new_method(),
-                               fixed_fitting(1, 1, budget, n))
+        node = node_default(budget, n)
         entry = {"budget": budget, "spearman_calibration": spearman([r["replay"] for r in rows], [r["true"] for r in rows]),
                  "replay_pick": pick, "auto_pick": auto, "best": best,
                  "node_default": psnr(run(model, report, node), report_reference), "rows": rows}
