@@ -20,9 +20,8 @@ import statistics
 import torch
 
 from freqca_core import CacheConfig, CacheController
-from freqca_core.calibration import Candidate, Choice, calibrate
-from freqca_core.methods.auto import AllFull, RecordingMethod
-from freqca_core.methods.frdiff import GateSchedule
+from freqca_core.calibration import Choice, calibrate
+from freqca_core.methods.auto import AllFull, RecordingMethod, chosen
 
 from .bench import CALIB_SEED_BASE, CFG, REPORT_SEED_BASE, SHIFT, node_default
 from .metrics import fidelity
@@ -90,19 +89,18 @@ def main(argv: list[str] | None = None) -> dict:
             per_seed = fidelity(run(report, controller), reference)["psnr"]
             return {"psnr": statistics.fmean(per_seed), "psnr_per_seed": per_seed}
 
-        def chosen(choice: Choice) -> dict:
-            method = Candidate(choice.label, choice.method, choice.params).build(base)
+        def run_choice(choice: Choice) -> dict:
             return {"candidate": choice.label, "full_steps": list(choice.full_steps),
-                    **measured(CacheController(method, GateSchedule.from_steps(choice.full_steps, n)))}
+                    **measured(CacheController(*chosen(choice, base)))}
 
         for budget in budgets:
-            uniform = chosen(calibrate(recorder.trajectory, budget, base))
+            uniform = run_choice(calibrate(recorder.trajectory, budget, base))
             searched = calibrate(recorder.trajectory, budget, base, placement="searched")
             same = (searched.label, list(searched.full_steps)) == (uniform["candidate"], uniform["full_steps"])
             node = node_default(budget, n)
             default = {"schedule": node.schedule.label, **measured(node)}
             entry = {"steps": n, "budget": budget, "uniform": uniform,
-                     "searched": uniform if same else chosen(searched), "default": default}
+                     "searched": uniform if same else run_choice(searched), "default": default}
             entries.append(entry)
             print(f"{bed.name} {budget}/{n} full: " + ", ".join(f"{k} {entry[k]['psnr']:.2f}" for k in KINDS)
                   + f" dB; searched steps {list(searched.full_steps)}", flush=True)
